@@ -1,0 +1,63 @@
+//! `flamingo export`
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+
+use anyhow::Result;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// open_clip vision weights (open_clip_pytorch_model.bin or .safetensors)
+    #[arg(long)]
+    clip: PathBuf,
+    /// Vision tower preset when no open_clip_config.json sits beside --clip (e.g. ViT-L-14)
+    #[arg(long)]
+    vision_preset: Option<String>,
+    /// Hugging Face language-model directory (config.json + weights)
+    #[arg(long)]
+    lm: PathBuf,
+    /// OpenFlamingo checkpoint.pt (perceiver, cross-attention layers, embeddings)
+    #[arg(long)]
+    checkpoint: PathBuf,
+    /// Tokenizer directory (tokenizer.json)
+    #[arg(long)]
+    tokenizer: PathBuf,
+    /// Gated cross-attention before every n-th decoder layer (releases: 1, 2 or 4)
+    #[arg(long)]
+    cross_attn_every_n_layers: usize,
+    /// Output directory
+    #[arg(long)]
+    out: PathBuf,
+    /// Replace the output directory if it exists
+    #[arg(long)]
+    force: bool,
+    /// Print the manifest as JSON
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(a: Args) -> Result<()> {
+    let opts = flamingo_export::ExportOptions {
+        clip: a.clip,
+        vision_preset: a.vision_preset,
+        lm: a.lm,
+        checkpoint: a.checkpoint,
+        tokenizer: a.tokenizer,
+        cross_attn_every_n_layers: a.cross_attn_every_n_layers,
+        out: a.out.clone(),
+        force: a.force,
+    };
+    let mut bars = crate::progress::Bars::new(!a.json && std::io::stderr().is_terminal());
+    let m = flamingo_export::export(&opts, &mut bars)?;
+    if a.json {
+        println!("{}", m.to_json());
+    } else {
+        println!(
+            "exported {} ({} graphs) to {}",
+            m.model.family,
+            m.graphs.len(),
+            a.out.display()
+        );
+    }
+    Ok(())
+}

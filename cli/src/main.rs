@@ -1,0 +1,42 @@
+//! `flamingo`: export OpenFlamingo checkpoints to ONNX and run them.
+
+mod encode;
+mod export;
+mod inspect;
+mod progress;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "flamingo",
+    version,
+    about = "Export OpenFlamingo checkpoints to ONNX and run them"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Export a release (CLIP weights, LM dir, checkpoint.pt, tokenizer) to ONNX graphs + manifest.
+    Export(export::Args),
+    /// Print an export's manifest readably (or as JSON).
+    Inspect(inspect::Args),
+    /// Run the vision encoder and resampler on images or videos; write a .safetensors.
+    Encode(encode::Args),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Export(a) => export::run(a),
+        Command::Inspect(a) => inspect::run(a),
+        Command::Encode(a) => encode::run(a),
+    };
+    if let Err(e) = result {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}

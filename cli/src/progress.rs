@@ -1,0 +1,45 @@
+//! indicatif progress bars for long work (hidden when stderr is not a terminal or with --json).
+
+use indicatif::{ProgressBar, ProgressStyle};
+
+pub struct Bars {
+    bar: Option<ProgressBar>,
+    enabled: bool,
+}
+
+impl Bars {
+    pub fn new(enabled: bool) -> Bars {
+        Bars { bar: None, enabled }
+    }
+}
+
+impl flamingo_export::Progress for Bars {
+    fn stage(&mut self, name: &str, total_bytes: u64) {
+        if let Some(b) = self.bar.take() {
+            b.finish();
+        }
+        if !self.enabled {
+            return;
+        }
+        let b = ProgressBar::new(total_bytes);
+        b.set_style(
+            ProgressStyle::with_template(
+                "{prefix:>16} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+        );
+        b.set_prefix(name.to_string());
+        self.bar = Some(b);
+    }
+    fn advance(&mut self, bytes: u64) {
+        if let Some(b) = &self.bar {
+            b.inc(bytes);
+        }
+    }
+    fn finish(&mut self) {
+        if let Some(b) = self.bar.take() {
+            b.finish();
+        }
+    }
+}

@@ -1,0 +1,247 @@
+//! Model configuration: the vision tower from `open_clip_config.json` (or a
+//! named preset), the resampler read from the checkpoint's tensors, and the
+//! special tokens from the tokenizer. Sizes come from tensors and are checked
+//! against whatever config claims them.
+
+use std::path::Path;
+
+use flamingo_graphs::blocks::{Activation, ResamplerConfig, VisionConfig};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{io_err, Error, Result};
+use crate::store::TensorStore;
+
+/// CLIP preprocessing settings (FLAMINGO.md section 3).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PreprocessConfig {
+    pub image_size: usize,
+    pub mean: [f32; 3],
+    pub std: [f32; 3],
+    pub interpolation: String,
+    pub resize_mode: String,
+}
+
+pub const CLIP_MEAN: [f32; 3] = [0.481_454_66, 0.457_827_5, 0.408_210_73];
+pub const CLIP_STD: [f32; 3] = [0.268_629_54, 0.261_302_58, 0.275_777_11];
+
+/// Named open_clip vision towers (as OpenFlamingo loads them).
+pub const VISION_PRESETS: &[(&str, usize, usize, usize, usize, usize, bool)] = &[
+    // name, image_size, layers, width, patch, head_width, quick_gelu
+    ("ViT-L-14", 224, 24, 1024, 14, 64, true),
+    ("ViT-L-14-336", 336, 24, 1024, 14, 64, true),
+    ("ViT-B-16", 224, 12, 768, 16, 64, true),
+    ("ViT-B-32", 224, 12, 768, 32, 64, true),
+    ("ViT-H-14", 224, 32, 1280, 14, 80, false),
+];
+
+pub fn vision_preset(name: &str) -> Result<(VisionConfig, PreprocessConfig)> {
+    let p = VISION_PRESETS
+        .iter()
+        .find(|p| p.0 == name)
+        .ok_or_else(|| Error::Config {
+            path: "--vision-preset".into(),
+            message: format!(
+                "unknown vision preset `{name}` (known: {})",
+                VISION_PRESETS
+                    .iter()
+                    .map(|p| p.0)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        })?;
+    let (_, image_size, layers, width, patch_size, head_width, quick) = *p;
+    Ok((
+        VisionConfig {
+            image_size,
+            patch_size,
+            width,
+            layers,
+            heads: width / head_width,
+            mlp_dim: width * 4,
+            activation: if quick {
+                Activation::QuickGelu
+            } else {
+                Activation::Gelu
+            },
+            eps: 1e-5,
+        },
+        PreprocessConfig {
+            image_size,
+            mean: CLIP_MEAN,
+            std: CLIP_STD,
+            interpolation: "bicubic".into(),
+            resize_mode: "shortest".into(),
+        },
+    ))
+}
+
+/// Parses `open_clip_config.json`.
+pub fn read_open_clip_config(path: &Path) -> Result<(VisionConfig, PreprocessConfig)> {
+    let text = std::fs::read_to_string(path).map_err(io_err(path))?;
+    let bad = |m: String| Error::Config {
+        path: path.display().to_string(),
+        message: m,
+    };
+    let j: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| bad(format!("not valid JSON: {e}")))?;
+    let v = j
+        .get("vision_cfg")
+        .ok_or_else(|| bad("no `vision_cfg`".into()))?;
+    let get = |k: &str, default: Option<f64>| -> Result<f64> {
+        match v.get(k) {
+            Some(x) => x
+                .as_f64()
+                .ok_or_else(|| bad(format!("`vision_cfg.{k}` is not a number"))),
+            None => default.ok_or_else(|| bad(format!("`vision_cfg.{k}` is missing"))),
+        }
+    };
+    let image_size = get("image_size", None)? as usize;
+    let width = get("width", None)? as usize;
+    let head_width = get("head_width", Some(64.0))? as usize;
+    let mlp_ratio = get("mlp_ratio", Some(4.0))?;
+    let quick = j
+        .get("quick_gelu")
+        .and_then(|q| q.as_bool())
+        .unwrap_or(false);
+    let pre = j.get("preprocess_cfg");
+    let triple = |k: &str, d: [f32; 3]| -> Result<[f32; 3]> {
+        match pre.and_then(|p| p.get(k)) {
+            None => Ok(d),
+            Some(a) => {
+                let a: Vec<f32> = a
+                    .as_array()
+                    .map(|a| {
+                        a.iter()
+                            .filter_map(|x| x.as_f64())
+                            .map(|x| x as f32)
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                a.try_into()
+                    .map_err(|_| bad(format!("`preprocess_cfg.{k}` is not 3 numbers")))
+            }
+        }
+    };
+    let interpolation = pre
+        .and_then(|p| p.get("interpolation"))
+        .and_then(|x| x.as_str())
+        .unwrap_or("bicubic")
+        .to_string();
+    let resize_mode = pre
+        .and_then(|p| p.get("resize_mode"))
+        .and_then(|x| x.as_str())
+        .unwrap_or("shortest")
+        .to_string();
+    if interpolation != "bicubic" || resize_mode != "shortest" {
+        return Err(bad(format!(
+            "preprocessing `{interpolation}`/`{resize_mode}` is not supported (bicubic/shortest is)"
+        )));
+    }
+    if head_width == 0 {
+        return Err(bad("`head_width` is 0".into()));
+    }
+    Ok((
+        VisionConfig {
+            image_size,
+            patch_size: get("patch_size", None)? as usize,
+            width,
+            layers: get("layers", None)? as usize,
+            heads: width / head_width,
+            mlp_dim: (width as f64 * mlp_ratio) as usize,
+            activation: if quick {
+                Activation::QuickGelu
+            } else {
+                Activation::Gelu
+            },
+            eps: 1e-5,
+        },
+        PreprocessConfig {
+            image_size,
+            mean: triple("mean", CLIP_MEAN)?,
+            std: triple("std", CLIP_STD)?,
+            interpolation,
+            resize_mode,
+        },
+    ))
+}
+
+/// Number of `prefix{i}suffix` tensors present for i = 0, 1, ...
+pub fn count_layers(store: &TensorStore, prefix: &str, suffix: &str) -> usize {
+    (0..)
+        .take_while(|i| store.get_entry(&format!("{prefix}{i}{suffix}")).is_some())
+        .count()
+}
+
+fn shape_of(store: &TensorStore, name: &str) -> Result<Vec<usize>> {
+    store.shape(name).map(|s| s.to_vec()).ok_or_else(|| {
+        Error::Graph(flamingo_graphs::Error::MissingTensor {
+            name: name.to_string(),
+            file: None,
+        })
+    })
+}
+
+/// Checks the tower's layer count against the checkpoint.
+pub fn check_vision(store: &TensorStore, cfg: &VisionConfig) -> Result<()> {
+    let n = count_layers(store, "visual.transformer.resblocks.", ".ln_1.weight");
+    if n != cfg.layers {
+        return Err(Error::Config {
+            path: "vision config".into(),
+            message: format!(
+                "the config says {} layers but the checkpoint has {n} (`visual.transformer.resblocks.{}.*`)",
+                cfg.layers,
+                n.min(cfg.layers)
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// The resampler's sizes, read from `perceiver.*` tensors. OpenFlamingo fixes
+/// `dim_head` at 64 (heads = inner / 64).
+pub fn resampler_config(store: &TensorStore) -> Result<ResamplerConfig> {
+    let lat = shape_of(store, "perceiver.latents")?;
+    let [num_latents, dim] = lat[..] else {
+        return Err(Error::Graph(flamingo_graphs::Error::ShapeMismatch {
+            name: "perceiver.latents".into(),
+            expected: vec![64, 0],
+            got: lat,
+        }));
+    };
+    let depth = count_layers(store, "perceiver.layers.", ".0.to_q.weight");
+    if depth == 0 {
+        return Err(Error::Graph(flamingo_graphs::Error::MissingTensor {
+            name: "perceiver.layers.0.0.to_q.weight".into(),
+            file: None,
+        }));
+    }
+    let inner = shape_of(store, "perceiver.layers.0.0.to_q.weight")?[0];
+    let dim_head = 64;
+    if inner % dim_head != 0 {
+        return Err(Error::Config {
+            path: "checkpoint".into(),
+            message: format!(
+                "`perceiver.layers.0.0.to_q.weight` has {inner} rows, not a multiple of dim_head {dim_head}"
+            ),
+        });
+    }
+    let hidden = shape_of(store, "perceiver.layers.0.1.1.weight")?[0];
+    let rows = |n: &str| -> Result<Option<usize>> {
+        if store.get_entry(n).is_some() {
+            Ok(Some(shape_of(store, n)?[0]))
+        } else {
+            Ok(None)
+        }
+    };
+    Ok(ResamplerConfig {
+        dim,
+        depth,
+        heads: inner / dim_head,
+        dim_head,
+        num_latents,
+        ff_mult: hidden / dim.max(1),
+        eps: 1e-5,
+        max_num_frames: rows("perceiver.frame_embs")?,
+        max_num_media: rows("perceiver.media_time_embs")?,
+    })
+}

@@ -1,0 +1,149 @@
+//! `manifest.json`: what an export contains and how to drive it. Another
+//! runtime can load the graphs from this file alone.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use flamingo_graphs::{Dim, IoSpec};
+use serde::{Deserialize, Serialize};
+
+use crate::config::PreprocessConfig;
+use crate::error::{io_err, Error, Result};
+
+pub const FORMAT_VERSION: u32 = 1;
+pub const FILE_NAME: &str = "manifest.json";
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub format_version: u32,
+    pub producer: String,
+    pub model: ModelInfo,
+    pub preprocess: PreprocessConfig,
+    pub special_tokens: SpecialTokens,
+    /// Graph role (`vision_encoder`, `resampler`, ...) -> its file and I/O.
+    pub graphs: BTreeMap<String, GraphInfo>,
+    /// File name -> sha256 (hex) of every file of the export but the manifest.
+    pub files: BTreeMap<String, String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ModelInfo {
+    /// LM family (`mpt`, `gpt_neox`, `llama`).
+    pub family: String,
+    pub cross_attn_every_n_layers: usize,
+    pub vision: VisionInfo,
+    pub resampler: ResamplerInfo,
+    pub lm: LmInfo,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct VisionInfo {
+    pub image_size: usize,
+    pub patch_size: usize,
+    pub width: usize,
+    pub layers: usize,
+    pub heads: usize,
+    pub mlp_dim: usize,
+    pub activation: String,
+    /// Tokens per image (patches, no CLS).
+    pub num_tokens: usize,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ResamplerInfo {
+    pub dim: usize,
+    pub depth: usize,
+    pub heads: usize,
+    pub dim_head: usize,
+    pub num_latents: usize,
+    pub ff_mult: usize,
+    pub max_num_frames: Option<usize>,
+    pub max_num_media: Option<usize>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LmInfo {
+    pub model_type: String,
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub num_layers: usize,
+    pub max_position_embeddings: Option<usize>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SpecialTokens {
+    /// `<image>`
+    pub media: u32,
+    /// `<|endofchunk|>`, the default stop token.
+    pub end_of_chunk: u32,
+    pub pad: Option<u32>,
+    pub eos: Option<u32>,
+    pub bos: Option<u32>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct GraphInfo {
+    pub file: String,
+    pub data_file: Option<String>,
+    pub inputs: Vec<TensorInfo>,
+    pub outputs: Vec<TensorInfo>,
+    pub doc: String,
+}
+
+/// A graph input or output: dtype name and shape (numbers or symbols).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TensorInfo {
+    pub name: String,
+    pub dtype: String,
+    pub shape: Vec<serde_json::Value>,
+}
+
+impl From<&IoSpec> for TensorInfo {
+    fn from(io: &IoSpec) -> TensorInfo {
+        TensorInfo {
+            name: io.name.clone(),
+            dtype: io.dtype.name().to_string(),
+            shape: io
+                .dims
+                .iter()
+                .map(|d| match d {
+                    Dim::Fixed(v) => serde_json::Value::from(*v),
+                    Dim::Sym(s) => serde_json::Value::from(s.as_str()),
+                })
+                .collect(),
+        }
+    }
+}
+
+impl Manifest {
+    /// Reads `dir/manifest.json`.
+    pub fn load(dir: &Path) -> Result<Manifest> {
+        let path = dir.join(FILE_NAME);
+        let text = std::fs::read_to_string(&path).map_err(io_err(&path))?;
+        let m: Manifest = serde_json::from_str(&text).map_err(|e| Error::Config {
+            path: path.display().to_string(),
+            message: format!("not a valid manifest: {e}"),
+        })?;
+        if m.format_version != FORMAT_VERSION {
+            return Err(Error::Config {
+                path: path.display().to_string(),
+                message: format!(
+                    "manifest format {} is not supported (this build reads {FORMAT_VERSION}); re-export the model",
+                    m.format_version
+                ),
+            });
+        }
+        Ok(m)
+    }
+
+    pub fn graph(&self, role: &str) -> Result<&GraphInfo> {
+        self.graphs.get(role).ok_or_else(|| Error::Config {
+            path: FILE_NAME.into(),
+            message: format!("the export has no `{role}` graph"),
+        })
+    }
+
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).unwrap_or_default()
+    }
+}

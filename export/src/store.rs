@@ -1,0 +1,350 @@
+//! A name -> tensor table over memory-mapped checkpoint files (safetensors and
+//! torch zip pickles). Tensors are read lazily: nothing is copied until a
+//! graph writer asks for the bytes, one tensor at a time.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use flamingo_graphs::{DType, Tensor, TensorData, WeightSource};
+use memmap2::Mmap;
+
+use crate::error::{corrupt, io_err, Error, Result};
+use crate::{pickle, zip};
+
+/// A memory-mapped file.
+pub struct Mapped {
+    pub path: PathBuf,
+    pub map: Mmap,
+}
+
+impl Mapped {
+    pub fn open(path: &Path) -> Result<Arc<Mapped>> {
+        let f = File::open(path).map_err(io_err(path))?;
+        let len = f.metadata().map_err(io_err(path))?.len();
+        if len == 0 {
+            return Err(corrupt(path, "the file is empty"));
+        }
+        // SAFETY: the map is read-only; like every mmap reader we assume the
+        // file is not truncated by another process while we read it.
+        let map = unsafe { Mmap::map(&f) }.map_err(io_err(path))?;
+        Ok(Arc::new(Mapped {
+            path: path.to_path_buf(),
+            map,
+        }))
+    }
+}
+
+/// One stored tensor: which file, where, and how.
+#[derive(Clone)]
+pub struct Entry {
+    pub file: Arc<Mapped>,
+    pub dtype: DType,
+    pub shape: Vec<usize>,
+    pub range: std::ops::Range<usize>,
+}
+
+impl Entry {
+    fn bytes(&self) -> &[u8] {
+        &self.file.map[self.range.clone()]
+    }
+}
+
+/// Named tensors from any number of files; later insertions override.
+#[derive(Default, Clone)]
+pub struct TensorStore {
+    entries: BTreeMap<String, Entry>,
+    files: Vec<String>,
+}
+
+impl TensorStore {
+    pub fn new() -> TensorStore {
+        TensorStore::default()
+    }
+
+    /// Adds every tensor of `path` whose name passes `keep`, renamed to `prefix + name`.
+    pub fn add_file(
+        &mut self,
+        path: &Path,
+        prefix: &str,
+        keep: impl Fn(&str) -> bool,
+    ) -> Result<usize> {
+        let tensors = read_file(path)?;
+        let mut n = 0;
+        for (name, e) in tensors {
+            if keep(&name) {
+                self.entries.insert(format!("{prefix}{name}"), e);
+                n += 1;
+            }
+        }
+        self.files.push(path.display().to_string());
+        Ok(n)
+    }
+
+    pub fn get_entry(&self, name: &str) -> Option<&Entry> {
+        self.entries.get(name)
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.entries.keys().map(|s| s.as_str())
+    }
+
+    pub fn shape(&self, name: &str) -> Option<&[usize]> {
+        self.entries.get(name).map(|e| e.shape.as_slice())
+    }
+
+    /// The tensor's values as f32 (tests, small tensors).
+    pub fn to_f32(&self, name: &str) -> Result<Vec<f32>> {
+        let t = self.get(name)?;
+        t.to_f32_vec().map_err(|message| {
+            Error::Graph(flamingo_graphs::Error::Load {
+                name: name.to_string(),
+                message,
+            })
+        })
+    }
+}
+
+impl WeightSource for TensorStore {
+    fn get(&self, name: &str) -> flamingo_graphs::Result<Tensor> {
+        let e = self
+            .entries
+            .get(name)
+            .ok_or_else(|| flamingo_graphs::Error::MissingTensor {
+                name: name.to_string(),
+                file: Some(self.files.join(", ")),
+            })?;
+        let e = e.clone();
+        let shape = e.shape.clone();
+        let load: flamingo_graphs::LoadFn = Arc::new(move || Ok(to_f32_bytes(e.dtype, e.bytes())));
+        Ok(Tensor {
+            dtype: DType::F32,
+            shape,
+            data: TensorData::Lazy(load),
+        })
+    }
+    fn contains(&self, name: &str) -> bool {
+        self.entries.contains_key(name)
+    }
+}
+
+/// Little-endian f32 bytes from f32/f16/bf16 bytes.
+pub fn to_f32_bytes(dtype: DType, b: &[u8]) -> Vec<u8> {
+    match dtype {
+        DType::F16 => b
+            .chunks_exact(2)
+            .flat_map(|c| {
+                half::f16::from_le_bytes([c[0], c[1]])
+                    .to_f32()
+                    .to_le_bytes()
+            })
+            .collect(),
+        DType::BF16 => b
+            .chunks_exact(2)
+            .flat_map(|c| {
+                half::bf16::from_le_bytes([c[0], c[1]])
+                    .to_f32()
+                    .to_le_bytes()
+            })
+            .collect(),
+        _ => b.to_vec(),
+    }
+}
+
+/// Reads the tensor table of a `.safetensors` file or a torch zip (`.pt`, `.bin`).
+pub fn read_file(path: &Path) -> Result<Vec<(String, Entry)>> {
+    let file = Mapped::open(path)?;
+    if file.map.starts_with(b"PK") {
+        read_torch(file)
+    } else {
+        read_safetensors(file)
+    }
+}
+
+fn checked_numel(path: &Path, name: &str, shape: &[usize]) -> Result<usize> {
+    shape
+        .iter()
+        .try_fold(1usize, |a, &d| a.checked_mul(d))
+        .ok_or_else(|| corrupt(path, format!("tensor `{name}`: shape {shape:?} overflows")))
+}
+
+fn read_safetensors(file: Arc<Mapped>) -> Result<Vec<(String, Entry)>> {
+    let path = file.path.clone();
+    let b = &file.map[..];
+    let n = b
+        .get(..8)
+        .map(|h| u64::from_le_bytes(h.try_into().unwrap_or([0; 8])))
+        .ok_or_else(|| corrupt(&path, "shorter than a safetensors header"))?;
+    if n > 100 << 20 || n + 8 > b.len() as u64 {
+        return Err(corrupt(
+            &path,
+            format!(
+                "safetensors header claims {n} bytes; the file has {}",
+                b.len()
+            ),
+        ));
+    }
+    let header: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(&b[8..8 + n as usize])
+            .map_err(|e| corrupt(&path, format!("safetensors header is not valid JSON: {e}")))?;
+    let data_start = 8 + n as usize;
+    let data_len = b.len() - data_start;
+    let mut out = Vec::new();
+    for (name, info) in header {
+        if name == "__metadata__" {
+            continue;
+        }
+        let bad = |m: &str| corrupt(&path, format!("tensor `{name}`: {m}"));
+        let dtype_s = info
+            .get("dtype")
+            .and_then(|d| d.as_str())
+            .ok_or_else(|| bad("no dtype"))?;
+        let shape: Vec<usize> = info
+            .get("shape")
+            .and_then(|s| s.as_array())
+            .ok_or_else(|| bad("no shape"))?
+            .iter()
+            .map(|d| {
+                d.as_u64()
+                    .map(|d| d as usize)
+                    .ok_or_else(|| bad("bad shape"))
+            })
+            .collect::<Result<_>>()?;
+        let offs = info
+            .get("data_offsets")
+            .and_then(|s| s.as_array())
+            .filter(|a| a.len() == 2)
+            .ok_or_else(|| bad("no data_offsets"))?;
+        let (s, e) = match (offs[0].as_u64(), offs[1].as_u64()) {
+            (Some(s), Some(e)) if s <= e && e <= data_len as u64 => (s as usize, e as usize),
+            _ => return Err(bad("data_offsets point outside the file (truncated?)")),
+        };
+        let dtype = match dtype_s {
+            "F32" => DType::F32,
+            "F16" => DType::F16,
+            "BF16" => DType::BF16,
+            "I64" => DType::I64,
+            other => {
+                return Err(Error::UnsupportedDType {
+                    path: path.display().to_string(),
+                    name,
+                    dtype: other.to_string(),
+                })
+            }
+        };
+        let numel = checked_numel(&path, &name, &shape)?;
+        if numel.checked_mul(dtype.size()) != Some(e - s) {
+            return Err(bad(&format!(
+                "{} bytes stored for a {dtype_s} tensor of shape {shape:?}",
+                e - s
+            )));
+        }
+        out.push((
+            name,
+            Entry {
+                file: file.clone(),
+                dtype,
+                shape,
+                range: data_start + s..data_start + e,
+            },
+        ));
+    }
+    Ok(out)
+}
+
+fn read_torch(file: Arc<Mapped>) -> Result<Vec<(String, Entry)>> {
+    let path = file.path.clone();
+    let entries = zip::entries(&path, &file.map)?;
+    let pkl = entries
+        .keys()
+        .find(|k| k.ends_with("data.pkl") && k.matches('/').count() == 1)
+        .cloned()
+        .ok_or_else(|| corrupt(&path, "no `<name>/data.pkl` entry (not a torch.save file?)"))?;
+    let prefix = pkl.trim_end_matches("data.pkl").to_string();
+    if let Some(r) = entries.get(&format!("{prefix}byteorder")) {
+        if &file.map[r.clone()] != b"little" {
+            return Err(corrupt(&path, "big-endian checkpoints are not supported"));
+        }
+    }
+    let root = pickle::load(&path, &file.map[entries[&pkl].clone()])?;
+    let dict = state_dict(&root).ok_or_else(|| {
+        corrupt(
+            &path,
+            "the pickle is not a state dict (a dict of name -> tensor)",
+        )
+    })?;
+    let mut out = Vec::new();
+    for (k, v) in dict.borrow().iter() {
+        let (pickle::Val::Str(name), pickle::Val::Tensor(t)) = (k, v) else {
+            continue;
+        };
+        let name = name.strip_prefix("module.").unwrap_or(name).to_string();
+        let bad = |m: String| corrupt(&path, format!("tensor `{name}`: {m}"));
+        let Some(dtype) = t.dtype else {
+            return Err(Error::UnsupportedDType {
+                path: path.display().to_string(),
+                name,
+                dtype: t.dtype_name.clone(),
+            });
+        };
+        let r = entries
+            .get(&format!("{prefix}data/{}", t.key))
+            .ok_or_else(|| bad(format!("storage `{}` is missing from the archive", t.key)))?;
+        let es = dtype.size() as u64;
+        if t.storage_numel.checked_mul(es) != Some(r.len() as u64) {
+            return Err(bad(format!(
+                "storage `{}` should hold {} elements but has {} bytes (truncated?)",
+                t.key,
+                t.storage_numel,
+                r.len()
+            )));
+        }
+        let numel = checked_numel(&path, &name, &t.shape)? as u64;
+        // contiguous row-major views only
+        let mut expect = 1usize;
+        for (d, s) in t.shape.iter().zip(&t.stride).rev() {
+            if *d > 1 && *s != expect {
+                return Err(bad(format!(
+                    "non-contiguous tensor (shape {:?}, stride {:?}); save it contiguous",
+                    t.shape, t.stride
+                )));
+            }
+            expect = expect.saturating_mul(*d);
+        }
+        let end = t
+            .offset
+            .checked_add(numel)
+            .filter(|&e| e <= t.storage_numel)
+            .ok_or_else(|| bad("view extends past its storage".into()))?;
+        let start = r.start + (t.offset * es) as usize;
+        out.push((
+            name,
+            Entry {
+                file: file.clone(),
+                dtype,
+                shape: t.shape.clone(),
+                range: start..r.start + (end * es) as usize,
+            },
+        ));
+    }
+    Ok(out)
+}
+
+type DictRef = std::rc::Rc<std::cell::RefCell<Vec<(pickle::Val, pickle::Val)>>>;
+
+/// The state dict: the root dict, or its `model_state_dict` / `state_dict`
+/// entry (OpenFlamingo training checkpoints wrap it).
+fn state_dict(root: &pickle::Val) -> Option<DictRef> {
+    let pickle::Val::Dict(d) = root else {
+        return None;
+    };
+    for (k, v) in d.borrow().iter() {
+        if let (pickle::Val::Str(k), pickle::Val::Dict(inner)) = (k, v) {
+            if k == "model_state_dict" || k == "state_dict" {
+                return Some(inner.clone());
+            }
+        }
+    }
+    Some(d.clone())
+}

@@ -1,0 +1,375 @@
+//! The export: open a release, build each graph, write everything into a
+//! temporary directory beside the output, then rename it into place. A failed
+//! export leaves nothing behind.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use flamingo_graphs::blocks::{perceiver_resampler, vision_encoder, ResamplerConfig, VisionConfig};
+use flamingo_graphs::onnx::{self, WriteOptions};
+use flamingo_graphs::{DType, Dim, Graph, GraphBuilder, WeightSource};
+use sha2::{Digest, Sha256};
+
+use crate::config::{self, PreprocessConfig};
+use crate::error::{io_err, Error, Result};
+use crate::lm::{self, LmConfig};
+use crate::manifest::{self, GraphInfo, LmInfo, Manifest, ModelInfo, ResamplerInfo, VisionInfo};
+use crate::store::TensorStore;
+use crate::tokens;
+
+/// Where the release files are and where the export goes.
+#[derive(Clone, Debug)]
+pub struct ExportOptions {
+    /// open_clip weights (`open_clip_pytorch_model.bin` or `.safetensors`).
+    pub clip: PathBuf,
+    /// A named vision tower (`ViT-L-14`, ...) when no `open_clip_config.json`
+    /// sits beside the CLIP weights.
+    pub vision_preset: Option<String>,
+    /// Hugging Face LM directory (`config.json` + weights).
+    pub lm: PathBuf,
+    /// OpenFlamingo's `checkpoint.pt`.
+    pub checkpoint: PathBuf,
+    /// Tokenizer directory (`tokenizer.json`).
+    pub tokenizer: PathBuf,
+    pub cross_attn_every_n_layers: usize,
+    pub out: PathBuf,
+    /// Replace `out` if it exists.
+    pub force: bool,
+}
+
+/// Receives progress while graphs are written.
+pub trait Progress {
+    /// A new stage that will write about `total_bytes`.
+    fn stage(&mut self, name: &str, total_bytes: u64);
+    fn advance(&mut self, bytes: u64);
+    fn finish(&mut self) {}
+}
+
+/// Ignores progress.
+pub struct NoProgress;
+
+impl Progress for NoProgress {
+    fn stage(&mut self, _: &str, _: u64) {}
+    fn advance(&mut self, _: u64) {}
+}
+
+/// A release opened for export: all tensors by name, plus the configs.
+pub struct Release {
+    pub store: TensorStore,
+    pub vision: VisionConfig,
+    pub preprocess: PreprocessConfig,
+    pub resampler: ResamplerConfig,
+    pub lm: LmConfig,
+}
+
+impl Release {
+    /// Maps the checkpoints. LM tensors are named `lang_encoder.<hf name>`,
+    /// so that `checkpoint.pt`'s `lang_encoder.*` entries (the resized input
+    /// embeddings, the gated cross-attention layers) override them.
+    pub fn open(opts: &ExportOptions) -> Result<Release> {
+        let lm = LmConfig::load(&opts.lm)?;
+        let mut store = TensorStore::new();
+        let n = store.add_file(&opts.clip, "", |n| n.starts_with("visual."))?;
+        if n == 0 {
+            return Err(Error::Config {
+                path: opts.clip.display().to_string(),
+                message: "no `visual.*` tensors (not an open_clip checkpoint?)".into(),
+            });
+        }
+        for f in lm::weight_files(&opts.lm)? {
+            store.add_file(&f, "lang_encoder.", |_| true)?;
+        }
+        let n = store.add_file(&opts.checkpoint, "", |n| {
+            n.starts_with("perceiver.") || n.starts_with("lang_encoder.")
+        })?;
+        if n == 0 {
+            return Err(Error::Config {
+                path: opts.checkpoint.display().to_string(),
+                message:
+                    "no `perceiver.*` or `lang_encoder.*` tensors (not an OpenFlamingo checkpoint?)"
+                        .into(),
+            });
+        }
+        let (vision, preprocess) = match &opts.vision_preset {
+            Some(name) => config::vision_preset(name)?,
+            None => {
+                let cfg = opts
+                    .clip
+                    .parent()
+                    .unwrap_or(Path::new("."))
+                    .join("open_clip_config.json");
+                if !cfg.exists() {
+                    return Err(Error::Config {
+                        path: cfg.display().to_string(),
+                        message: "not found; pass --vision-preset (e.g. ViT-L-14)".into(),
+                    });
+                }
+                config::read_open_clip_config(&cfg)?
+            }
+        };
+        config::check_vision(&store, &vision)?;
+        let resampler = config::resampler_config(&store)?;
+        if resampler.dim != vision.width {
+            return Err(Error::Graph(flamingo_graphs::Error::ShapeMismatch {
+                name: "perceiver.latents".into(),
+                expected: vec![resampler.num_latents, vision.width],
+                got: vec![resampler.num_latents, resampler.dim],
+            }));
+        }
+        Ok(Release {
+            store,
+            vision,
+            preprocess,
+            resampler,
+            lm,
+        })
+    }
+}
+
+/// `vision_encoder`: `pixel_values [num_images,3,H,W]` -> `vision_tokens [num_images,P,D]`.
+pub fn build_vision_graph(w: &dyn WeightSource, cfg: &VisionConfig) -> Result<Graph> {
+    let mut g = GraphBuilder::new("vision_encoder");
+    g.set_doc("open_clip ViT: per-patch tokens without CLS and without ln_post");
+    let n = Dim::sym("num_images");
+    let hw = cfg.image_size;
+    let px = g.input(
+        "pixel_values",
+        DType::F32,
+        vec![n.clone(), 3.into(), hw.into(), hw.into()],
+    );
+    let tokens = vision_encoder(&mut g.scope(w, "visual"), cfg, px)?;
+    g.output(
+        tokens,
+        "vision_tokens",
+        DType::F32,
+        vec![n, cfg.num_patches().into(), cfg.width.into()],
+    );
+    Ok(g.finish()?)
+}
+
+/// `resampler`: `vision_tokens [batch,num_media,num_frames,P,D]` -> `latents [batch,num_media,n,D]`.
+pub fn build_resampler_graph(
+    w: &dyn WeightSource,
+    cfg: &ResamplerConfig,
+    num_tokens: usize,
+) -> Result<Graph> {
+    let mut g = GraphBuilder::new("resampler");
+    g.set_doc("OpenFlamingo PerceiverResampler");
+    let (b, t) = (Dim::sym("batch"), Dim::sym("num_media"));
+    let x = g.input(
+        "vision_tokens",
+        DType::F32,
+        vec![
+            b.clone(),
+            t.clone(),
+            Dim::sym("num_frames"),
+            num_tokens.into(),
+            cfg.dim.into(),
+        ],
+    );
+    let lat = perceiver_resampler(&mut g.scope(w, "perceiver"), cfg, x)?;
+    g.output(
+        lat,
+        "latents",
+        DType::F32,
+        vec![b, t, cfg.num_latents.into(), cfg.dim.into()],
+    );
+    Ok(g.finish()?)
+}
+
+/// Exports a release into `opts.out`. Nothing is left at `opts.out` unless
+/// the whole export succeeded.
+pub fn export(opts: &ExportOptions, progress: &mut dyn Progress) -> Result<Manifest> {
+    if opts.out.exists() && !opts.force {
+        return Err(Error::OutputExists {
+            path: opts.out.display().to_string(),
+        });
+    }
+    if opts.cross_attn_every_n_layers == 0 {
+        return Err(Error::Config {
+            path: "--cross-attn-every-n-layers".into(),
+            message: "must be at least 1".into(),
+        });
+    }
+    let release = Release::open(opts)?;
+    let special = tokens::special_tokens(&opts.tokenizer, &release.lm)?;
+    let tmp = temp_dir_for(&opts.out)?;
+    let result = write_all(opts, &release, special, &tmp, progress);
+    match result {
+        Ok(m) => {
+            replace_dir(&tmp, &opts.out)?;
+            progress.finish();
+            Ok(m)
+        }
+        Err(e) => {
+            let _ = fs::remove_dir_all(&tmp);
+            Err(e)
+        }
+    }
+}
+
+fn write_all(
+    opts: &ExportOptions,
+    r: &Release,
+    special_tokens: manifest::SpecialTokens,
+    dir: &Path,
+    progress: &mut dyn Progress,
+) -> Result<Manifest> {
+    let graphs = vec![
+        ("vision_encoder", build_vision_graph(&r.store, &r.vision)?),
+        (
+            "resampler",
+            build_resampler_graph(&r.store, &r.resampler, r.vision.num_patches())?,
+        ),
+    ];
+    let mut infos = BTreeMap::new();
+    for (role, g) in &graphs {
+        progress.stage(role, g.weight_bytes() as u64);
+        let file = format!("{role}.onnx");
+        let written = onnx::write(g, dir, &file, &WriteOptions::default(), &mut |n| {
+            progress.advance(n)
+        })?;
+        infos.insert(
+            role.to_string(),
+            GraphInfo {
+                file,
+                data_file: written
+                    .data
+                    .as_ref()
+                    .and_then(|p| p.file_name())
+                    .map(|n| n.to_string_lossy().into_owned()),
+                inputs: g.inputs.iter().map(Into::into).collect(),
+                outputs: g.outputs.iter().map(Into::into).collect(),
+                doc: g.doc.clone(),
+            },
+        );
+    }
+    let tok_dir = dir.join("tokenizer");
+    fs::create_dir_all(&tok_dir).map_err(io_err(&tok_dir))?;
+    for f in tokens::TOKENIZER_FILES {
+        let src = opts.tokenizer.join(f);
+        if src.exists() {
+            let dst = tok_dir.join(f);
+            fs::copy(&src, &dst).map_err(io_err(&src))?;
+        }
+    }
+    let v = &r.vision;
+    let rs = &r.resampler;
+    let mut m = Manifest {
+        format_version: manifest::FORMAT_VERSION,
+        producer: format!("flamingo {}", env!("CARGO_PKG_VERSION")),
+        model: ModelInfo {
+            family: r.lm.model_type.clone(),
+            cross_attn_every_n_layers: opts.cross_attn_every_n_layers,
+            vision: VisionInfo {
+                image_size: v.image_size,
+                patch_size: v.patch_size,
+                width: v.width,
+                layers: v.layers,
+                heads: v.heads,
+                mlp_dim: v.mlp_dim,
+                activation: format!("{:?}", v.activation).to_lowercase(),
+                num_tokens: v.num_patches(),
+            },
+            resampler: ResamplerInfo {
+                dim: rs.dim,
+                depth: rs.depth,
+                heads: rs.heads,
+                dim_head: rs.dim_head,
+                num_latents: rs.num_latents,
+                ff_mult: rs.ff_mult,
+                max_num_frames: rs.max_num_frames,
+                max_num_media: rs.max_num_media,
+            },
+            lm: LmInfo {
+                model_type: r.lm.model_type.clone(),
+                vocab_size: r.lm.vocab_size()?,
+                hidden_size: r.lm.hidden_size()?,
+                num_layers: r.lm.num_layers()?,
+                max_position_embeddings: r.lm.max_positions(),
+            },
+        },
+        preprocess: r.preprocess.clone(),
+        special_tokens,
+        graphs: infos,
+        files: BTreeMap::new(),
+    };
+    m.files = hash_files(dir, dir)?;
+    let path = dir.join(manifest::FILE_NAME);
+    fs::write(&path, m.to_json()).map_err(io_err(&path))?;
+    Ok(m)
+}
+
+/// sha256 of every file under `dir` (relative names, `/`-separated).
+pub fn hash_files(root: &Path, dir: &Path) -> Result<BTreeMap<String, String>> {
+    let mut out = BTreeMap::new();
+    let mut entries: Vec<_> = fs::read_dir(dir)
+        .map_err(io_err(dir))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .collect();
+    entries.sort();
+    for p in entries {
+        if p.is_dir() {
+            out.extend(hash_files(root, &p)?);
+            continue;
+        }
+        let rel = p
+            .strip_prefix(root)
+            .unwrap_or(&p)
+            .to_string_lossy()
+            .replace('\\', "/");
+        if rel == manifest::FILE_NAME {
+            continue;
+        }
+        out.insert(rel, sha256_file(&p)?);
+    }
+    Ok(out)
+}
+
+pub fn sha256_file(path: &Path) -> Result<String> {
+    let mut f = fs::File::open(path).map_err(io_err(path))?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf).map_err(io_err(path))?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// A fresh temporary directory beside `out` (same filesystem, so rename works).
+fn temp_dir_for(out: &Path) -> Result<PathBuf> {
+    let parent = match out.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    fs::create_dir_all(&parent).map_err(io_err(&parent))?;
+    let name = out
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "export".into());
+    let tmp = parent.join(format!(".{name}.partial-{}", std::process::id()));
+    if tmp.exists() {
+        fs::remove_dir_all(&tmp).map_err(io_err(&tmp))?;
+    }
+    fs::create_dir(&tmp).map_err(io_err(&tmp))?;
+    Ok(tmp)
+}
+
+/// Moves `tmp` to `out`, replacing an existing `out` only once `tmp` is complete.
+pub fn replace_dir(tmp: &Path, out: &Path) -> Result<()> {
+    if out.exists() {
+        let old = tmp.with_extension("old");
+        fs::rename(out, &old).map_err(io_err(out))?;
+        fs::rename(tmp, out).map_err(io_err(out))?;
+        let _ = fs::remove_dir_all(&old);
+    } else {
+        fs::rename(tmp, out).map_err(io_err(out))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,28 @@
+//! `flamingo-graphs`: a small typed graph IR, the building blocks of Flamingo
+//! (vision encoder, perceiver resampler, gated cross-attention, decoder layers)
+//! and a writer to ONNX `ModelProto` (opset 17) with external data.
+//!
+//! This crate is pure: it reads no files and runs nothing. Weights come from a
+//! [`WeightSource`], which the exporter implements over the checkpoints.
+//!
+//! ```
+//! use flamingo_graphs::{DType, Dim, GraphBuilder, NoWeights};
+//! let mut g = GraphBuilder::new("double");
+//! let x = g.input("x", DType::F32, vec![Dim::sym("n"), Dim::Fixed(4)]);
+//! let y = g.scope(&NoWeights, "").add(x, x);
+//! g.output(y, "y", DType::F32, vec![Dim::sym("n"), Dim::Fixed(4)]);
+//! let graph = g.finish().unwrap();
+//! assert_eq!(graph.nodes.len(), 1);
+//! ```
+
+pub mod blocks;
+mod error;
+mod ir;
+pub mod onnx;
+mod ops;
+mod proto;
+mod tensor;
+
+pub use error::{Error, Result};
+pub use ir::{Attr, Dim, Graph, GraphBuilder, IoSpec, Node, Scope, Value};
+pub use tensor::{DType, LoadFn, NoWeights, Tensor, TensorData, WeightSource};

@@ -1,0 +1,108 @@
+//! The backend abstraction: one [`Session`] per graph, run by tensor name.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::Path;
+use std::str::FromStr;
+
+use ndarray::ArrayD;
+
+use crate::{Error, Result};
+
+/// A tensor passed to or returned by a graph.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Value {
+    F32(ArrayD<f32>),
+    I64(ArrayD<i64>),
+}
+
+impl Value {
+    pub fn shape(&self) -> &[usize] {
+        match self {
+            Value::F32(a) => a.shape(),
+            Value::I64(a) => a.shape(),
+        }
+    }
+    pub fn into_f32(self, what: &str) -> Result<ArrayD<f32>> {
+        match self {
+            Value::F32(a) => Ok(a),
+            Value::I64(_) => Err(Error::Input(format!("`{what}` is int64, float32 expected"))),
+        }
+    }
+}
+
+/// Loads graphs into sessions.
+pub trait Backend: Send + Sync {
+    fn name(&self) -> &'static str;
+    /// Loads the `.onnx` at `path` (external data beside it).
+    fn load(&self, path: &Path) -> Result<Box<dyn Session>>;
+}
+
+/// A loaded graph.
+pub trait Session: Send {
+    /// Runs the graph; `inputs` by name, every graph input given. Returns the outputs by name.
+    fn run(&mut self, inputs: Vec<(&str, Value)>) -> Result<HashMap<String, Value>>;
+    /// Which engine/provider runs this graph (`tract`, `ort:CPUExecutionProvider`).
+    fn provider(&self) -> String;
+}
+
+/// The backends a user can ask for by name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub enum BackendKind {
+    /// tract: pure Rust, embedded, the default.
+    #[default]
+    Tract,
+    /// ONNX Runtime on the CPU.
+    OrtCpu,
+    OrtCuda,
+    OrtTensorRt,
+}
+
+impl BackendKind {
+    pub const ALL: [BackendKind; 4] = [
+        BackendKind::Tract,
+        BackendKind::OrtCpu,
+        BackendKind::OrtCuda,
+        BackendKind::OrtTensorRt,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackendKind::Tract => "tract",
+            BackendKind::OrtCpu => "ort-cpu",
+            BackendKind::OrtCuda => "ort-cuda",
+            BackendKind::OrtTensorRt => "ort-tensorrt",
+        }
+    }
+
+    /// Instantiates the backend (ONNX Runtime's library is loaded here).
+    pub fn create(self) -> Result<Box<dyn Backend>> {
+        match self {
+            BackendKind::Tract => Ok(Box::new(crate::tract_backend::TractBackend)),
+            #[cfg(feature = "ort")]
+            BackendKind::OrtCpu => Ok(Box::new(crate::ort_backend::OrtBackend::cpu()?)),
+            #[cfg(not(feature = "ort"))]
+            BackendKind::OrtCpu => Err(Error::BackendDisabled("ort-cpu".into(), "ort")),
+            BackendKind::OrtCuda | BackendKind::OrtTensorRt => Err(Error::Backend {
+                backend: self.as_str().into(),
+                message: "GPU execution providers are not implemented in this build yet".into(),
+            }),
+        }
+    }
+}
+
+impl fmt::Display for BackendKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for BackendKind {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<BackendKind> {
+        BackendKind::ALL
+            .into_iter()
+            .find(|k| k.as_str() == s)
+            .ok_or_else(|| Error::UnknownBackend(s.to_string()))
+    }
+}

@@ -1,0 +1,23 @@
+//! `flamingo-runtime`: runs exported Flamingo graphs through a [`Backend`]:
+//! `tract` (pure Rust, the default, nothing to install) or ONNX Runtime
+//! (`ort-cpu`, loaded dynamically).
+//!
+//! ```no_run
+//! use flamingo_runtime::{BackendKind, Media, Model};
+//! let mut model = Model::load("exported".as_ref(), BackendKind::Tract)?;
+//! let enc = model.encode(&[Media::Image("cat.png".into())])?;
+//! println!("latents {:?}", enc.latents.shape());
+//! # Ok::<(), flamingo_runtime::Error>(())
+//! ```
+
+mod backend;
+mod error;
+mod model;
+#[cfg(feature = "ort")]
+pub mod ort_backend;
+pub mod preprocess;
+pub mod tract_backend;
+
+pub use backend::{Backend, BackendKind, Session, Value};
+pub use error::{Error, Result};
+pub use model::{Encoded, Media, Model};

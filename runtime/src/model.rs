@@ -1,0 +1,175 @@
+//! A loaded export: manifest, one session per graph, and the media pipeline
+//! (preprocess -> vision encoder -> resampler).
+
+use std::path::{Path, PathBuf};
+
+use flamingo_export::Manifest;
+use ndarray::{Array4, ArrayD, Axis};
+
+use crate::backend::{Backend, BackendKind, Session, Value};
+use crate::preprocess::{load_image, preprocess};
+use crate::{Error, Result};
+
+/// One media item of a prompt: an image, or a video as its frames.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Media {
+    Image(PathBuf),
+    Video(Vec<PathBuf>),
+}
+
+impl Media {
+    pub fn frames(&self) -> &[PathBuf] {
+        match self {
+            Media::Image(p) => std::slice::from_ref(p),
+            Media::Video(f) => f,
+        }
+    }
+}
+
+/// What [`Model::encode`] returns for a list of media.
+#[derive(Clone, Debug)]
+pub struct Encoded {
+    /// `[total_frames, P, D]`, the vision tokens of every frame in order.
+    pub vision_tokens: ArrayD<f32>,
+    /// `[1, T, n_latents, D]`.
+    pub latents: ArrayD<f32>,
+}
+
+pub struct Model {
+    pub dir: PathBuf,
+    pub manifest: Manifest,
+    pub backend: BackendKind,
+    vision: Box<dyn Session>,
+    resampler: Box<dyn Session>,
+}
+
+impl Model {
+    /// Loads an export directory on `backend`.
+    pub fn load(dir: &Path, backend: BackendKind) -> Result<Model> {
+        let manifest = Manifest::load(dir)?;
+        let be = backend.create()?;
+        Self::load_with(dir, manifest, be.as_ref(), backend)
+    }
+
+    fn load_with(
+        dir: &Path,
+        manifest: Manifest,
+        be: &dyn Backend,
+        kind: BackendKind,
+    ) -> Result<Model> {
+        let path = |role: &str| -> Result<PathBuf> { Ok(dir.join(&manifest.graph(role)?.file)) };
+        let vision = be.load(&path("vision_encoder")?)?;
+        let resampler = be.load(&path("resampler")?)?;
+        Ok(Model {
+            dir: dir.to_path_buf(),
+            manifest,
+            backend: kind,
+            vision,
+            resampler,
+        })
+    }
+
+    /// Which provider runs each graph.
+    pub fn providers(&self) -> Vec<(String, String)> {
+        vec![
+            ("vision_encoder".into(), self.vision.provider()),
+            ("resampler".into(), self.resampler.provider()),
+        ]
+    }
+
+    /// Preprocessed pixels `[N, 3, S, S]` of the given image files.
+    pub fn pixels(&self, paths: &[PathBuf]) -> Result<Array4<f32>> {
+        let s = self.manifest.preprocess.image_size;
+        let mut out = Array4::<f32>::zeros((paths.len(), 3, s, s));
+        for (i, p) in paths.iter().enumerate() {
+            let img = load_image(p)?;
+            out.index_axis_mut(Axis(0), i)
+                .assign(&preprocess(&img, &self.manifest.preprocess));
+        }
+        Ok(out)
+    }
+
+    /// `vision_encoder`: pixels `[N,3,S,S]` -> tokens `[N,P,D]`.
+    pub fn vision_tokens(&mut self, pixels: ArrayD<f32>) -> Result<ArrayD<f32>> {
+        let s = self.manifest.preprocess.image_size;
+        if pixels.ndim() != 4 || pixels.shape()[1..] != [3, s, s] {
+            return Err(Error::Input(format!(
+                "pixel_values must be [N, 3, {s}, {s}], got {:?}",
+                pixels.shape()
+            )));
+        }
+        let mut out = self
+            .vision
+            .run(vec![("pixel_values", Value::F32(pixels))])?;
+        take(&mut out, "vision_tokens")
+    }
+
+    /// `resampler`: tokens `[B,T,F,P,D]` -> latents `[B,T,n,D]`.
+    pub fn latents(&mut self, tokens: ArrayD<f32>) -> Result<ArrayD<f32>> {
+        let m = &self.manifest.model;
+        if tokens.ndim() != 5 || tokens.shape()[3..] != [m.vision.num_tokens, m.resampler.dim] {
+            return Err(Error::Input(format!(
+                "vision_tokens must be [B, T, F, {}, {}], got {:?}",
+                m.vision.num_tokens,
+                m.resampler.dim,
+                tokens.shape()
+            )));
+        }
+        let (t, f) = (tokens.shape()[1], tokens.shape()[2]);
+        if let Some(max) = m.resampler.max_num_frames {
+            if f > max {
+                return Err(Error::Input(format!(
+                    "{f} frames per media item; this model takes at most {max}"
+                )));
+            }
+        }
+        if let Some(max) = m.resampler.max_num_media {
+            if t > max {
+                return Err(Error::Input(format!(
+                    "{t} media items; this model takes at most {max}"
+                )));
+            }
+        }
+        let mut out = self
+            .resampler
+            .run(vec![("vision_tokens", Value::F32(tokens))])?;
+        take(&mut out, "latents")
+    }
+
+    /// Encodes one prompt's media: all items must have the same frame count
+    /// (they are resampled together as `[1, T, F, P, D]`, as the reference does).
+    pub fn encode(&mut self, media: &[Media]) -> Result<Encoded> {
+        if media.is_empty() {
+            return Err(Error::Input("no media given".into()));
+        }
+        let f = media[0].frames().len();
+        if let Some(m) = media.iter().find(|m| m.frames().len() != f) {
+            return Err(Error::Input(format!(
+                "all media of one prompt must have the same number of frames (got {f} and {})",
+                m.frames().len()
+            )));
+        }
+        if f == 0 {
+            return Err(Error::Input("a video with no frames".into()));
+        }
+        let frames: Vec<PathBuf> = media.iter().flat_map(|m| m.frames().to_vec()).collect();
+        let px = self.pixels(&frames)?;
+        let tokens = self.vision_tokens(px.into_dyn())?;
+        let (p, d) = (tokens.shape()[1], tokens.shape()[2]);
+        let grouped = tokens
+            .clone()
+            .into_shape_with_order(vec![1, media.len(), f, p, d])
+            .map_err(|e| Error::Input(e.to_string()))?;
+        let latents = self.latents(grouped)?;
+        Ok(Encoded {
+            vision_tokens: tokens,
+            latents,
+        })
+    }
+}
+
+fn take(out: &mut std::collections::HashMap<String, Value>, name: &str) -> Result<ArrayD<f32>> {
+    out.remove(name)
+        .ok_or_else(|| Error::Input(format!("the graph did not return `{name}`")))?
+        .into_f32(name)
+}

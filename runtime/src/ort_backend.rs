@@ -1,0 +1,172 @@
+//! ONNX Runtime through `ort` with dynamic loading. The shared library is
+//! found via `ORT_DYLIB_PATH`, else the project's install location
+//! (`.ort/lib/`, filled by `scripts/install-ort.sh` from the `onnxruntime`
+//! wheel on PyPI), else beside the executable.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use ort::session::builder::GraphOptimizationLevel;
+use ort::session::Session as OrtSession;
+use ort::value::Tensor;
+
+use crate::backend::{Backend, Session, Value};
+use crate::{Error, Result};
+
+fn err(backend: &str, e: impl std::fmt::Display) -> Error {
+    Error::Backend {
+        backend: backend.into(),
+        message: e.to_string(),
+    }
+}
+
+/// Candidate locations of `libonnxruntime.so`, in search order.
+pub fn dylib_candidates() -> Vec<PathBuf> {
+    let mut c = Vec::new();
+    if let Some(p) = std::env::var_os("ORT_DYLIB_PATH") {
+        c.push(PathBuf::from(p));
+    }
+    let lib = if cfg!(target_os = "macos") {
+        "libonnxruntime.dylib"
+    } else if cfg!(windows) {
+        "onnxruntime.dll"
+    } else {
+        "libonnxruntime.so"
+    };
+    c.push(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../.ort/lib")
+            .join(lib),
+    );
+    if let Ok(exe) = std::env::current_exe() {
+        if let Some(dir) = exe.parent() {
+            c.push(dir.join(lib));
+            c.push(dir.join("../../.ort/lib").join(lib));
+        }
+    }
+    c
+}
+
+static INIT: OnceLock<Result<(PathBuf, ort::environment::Environment), String>> = OnceLock::new();
+
+/// Loads ONNX Runtime once per process; returns the library path and environment.
+pub fn init() -> Result<(PathBuf, ort::environment::Environment)> {
+    INIT.get_or_init(|| {
+        let cands = dylib_candidates();
+        let Some(path) = cands.iter().find(|p| p.exists()).cloned() else {
+            return Err(format!(
+                "ONNX Runtime's shared library was not found (looked at: {}). Run scripts/install-ort.sh \
+                 (it fetches the onnxruntime==1.31.1 wheel from PyPI) or set ORT_DYLIB_PATH to libonnxruntime.so",
+                cands.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+            ));
+        };
+        let builder = ort::init_from(&path)
+            .map_err(|e| format!("loading {}: {e}", path.display()))?;
+        let env = builder
+            .with_name("flamingo")
+            .build()
+            .map_err(|e| format!("initialising ONNX Runtime from {}: {e}", path.display()))?;
+        Ok((path, env))
+    })
+    .clone()
+    .map_err(|m| err("ort", m))
+}
+
+/// ONNX Runtime on the CPU execution provider.
+pub struct OrtBackend {
+    env: ort::environment::Environment,
+    threads: usize,
+}
+
+impl OrtBackend {
+    pub fn cpu() -> Result<OrtBackend> {
+        let (_, env) = init()?;
+        Ok(OrtBackend {
+            env,
+            threads: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1),
+        })
+    }
+}
+
+impl Backend for OrtBackend {
+    fn name(&self) -> &'static str {
+        "ort-cpu"
+    }
+    fn load(&self, path: &Path) -> Result<Box<dyn Session>> {
+        let ctx = |e: ort::Error| err("ort-cpu", format!("loading {}: {e}", path.display()));
+        let session = OrtSession::builder(&self.env)
+            .map_err(ctx)?
+            .with_optimization_level(GraphOptimizationLevel::Level3)
+            .map_err(|e| ctx(e.into()))?
+            .with_intra_threads(self.threads)
+            .map_err(|e| ctx(e.into()))?
+            .commit_from_file(path)
+            .map_err(ctx)?;
+        Ok(Box::new(OrtCpuSession { session }))
+    }
+}
+
+struct OrtCpuSession {
+    session: OrtSession,
+}
+
+impl Session for OrtCpuSession {
+    fn run(&mut self, inputs: Vec<(&str, Value)>) -> Result<HashMap<String, Value>> {
+        let e = |e: ort::Error| err("ort-cpu", e);
+        let mut ins: Vec<(String, ort::session::SessionInputValue<'_>)> = Vec::new();
+        for (name, v) in inputs {
+            let value = match v {
+                Value::F32(a) => {
+                    let shape: Vec<i64> = a.shape().iter().map(|&d| d as i64).collect();
+                    let data = a.as_standard_layout().iter().copied().collect::<Vec<f32>>();
+                    Tensor::from_array((shape, data))
+                        .map_err(e)?
+                        .into_dyn()
+                        .into()
+                }
+                Value::I64(a) => {
+                    let shape: Vec<i64> = a.shape().iter().map(|&d| d as i64).collect();
+                    let data = a.as_standard_layout().iter().copied().collect::<Vec<i64>>();
+                    Tensor::from_array((shape, data))
+                        .map_err(e)?
+                        .into_dyn()
+                        .into()
+                }
+            };
+            ins.push((name.to_string(), value));
+        }
+        let names: Vec<String> = self
+            .session
+            .outputs()
+            .iter()
+            .map(|o| o.name().to_string())
+            .collect();
+        let outs = self.session.run(ins).map_err(e)?;
+        let mut res = HashMap::new();
+        for name in names {
+            let v = &outs[name.as_str()];
+            let val = if let Ok((shape, data)) = v.try_extract_tensor::<f32>() {
+                let dims: Vec<usize> = shape.iter().map(|&d| d as usize).collect();
+                Value::F32(
+                    ndarray::ArrayD::from_shape_vec(dims, data.to_vec())
+                        .map_err(|x| err("ort-cpu", x))?,
+                )
+            } else {
+                let (shape, data) = v.try_extract_tensor::<i64>().map_err(e)?;
+                let dims: Vec<usize> = shape.iter().map(|&d| d as usize).collect();
+                Value::I64(
+                    ndarray::ArrayD::from_shape_vec(dims, data.to_vec())
+                        .map_err(|x| err("ort-cpu", x))?,
+                )
+            };
+            res.insert(name, val);
+        }
+        Ok(res)
+    }
+    fn provider(&self) -> String {
+        "ort:CPUExecutionProvider".into()
+    }
+}

@@ -1,0 +1,133 @@
+//! Shared helpers for the golden tests: fixture paths, one export per fixture
+//! per test process, reference tensors, and the backends every test runs on.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, OnceLock};
+
+use anyhow::{Context, Result};
+use flamingo_export::{ExportOptions, NoProgress, TensorStore};
+use flamingo_runtime::BackendKind;
+
+/// Every fixture (copied from `../shared/fixtures` into `tests/fixtures`).
+pub const FIXTURES: [&str; 4] = ["tiny-mpt", "tiny-neox", "tiny-llama", "tiny-llama-video"];
+
+/// The backends CI can run; every golden test runs on each of them.
+pub const BACKENDS: [BackendKind; 2] = [BackendKind::Tract, BackendKind::OrtCpu];
+
+pub fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures")
+        .join(name)
+}
+
+/// `flamingo.json` of a fixture.
+pub fn flamingo_json(name: &str) -> Result<serde_json::Value> {
+    let p = fixture(name).join("flamingo.json");
+    Ok(serde_json::from_str(&std::fs::read_to_string(&p)?)?)
+}
+
+/// `cases.json` of a fixture.
+pub fn cases(name: &str) -> Result<serde_json::Value> {
+    let p = fixture(name).join("cases.json");
+    Ok(serde_json::from_str(&std::fs::read_to_string(&p)?)?)
+}
+
+/// Export options for a fixture into `out`.
+pub fn export_options(name: &str, out: &Path) -> Result<ExportOptions> {
+    let f = fixture(name);
+    let n = flamingo_json(name)?["cross_attn_every_n_layers"]
+        .as_u64()
+        .context("cross_attn_every_n_layers")? as usize;
+    Ok(ExportOptions {
+        clip: f.join("clip/open_clip_pytorch_model.bin"),
+        vision_preset: None,
+        lm: f.join("lm"),
+        checkpoint: f.join("checkpoint.pt"),
+        tokenizer: f.join("tokenizer"),
+        cross_attn_every_n_layers: n,
+        out: out.to_path_buf(),
+        force: false,
+    })
+}
+
+static TMP: OnceLock<tempfile::TempDir> = OnceLock::new();
+static EXPORTS: OnceLock<Mutex<HashMap<String, PathBuf>>> = OnceLock::new();
+
+/// A scratch directory living as long as the test process.
+pub fn scratch() -> &'static Path {
+    TMP.get_or_init(|| tempfile::tempdir().expect("creating a temp dir"))
+        .path()
+}
+
+/// The fixture exported once per test process (fp32).
+pub fn exported(name: &str) -> Result<PathBuf> {
+    let map = EXPORTS.get_or_init(Default::default);
+    let mut map = map
+        .lock()
+        .map_err(|_| anyhow::anyhow!("export lock poisoned"))?;
+    if let Some(p) = map.get(name) {
+        return Ok(p.clone());
+    }
+    let out = scratch().join(format!("export-{name}"));
+    flamingo_export::export(&export_options(name, &out)?, &mut NoProgress)
+        .with_context(|| format!("exporting {name}"))?;
+    map.insert(name.to_string(), out.clone());
+    Ok(out)
+}
+
+/// The reference tensors of a fixture (`expected.safetensors`).
+pub struct Expected(TensorStore);
+
+impl Expected {
+    pub fn load(name: &str) -> Result<Expected> {
+        let mut s = TensorStore::new();
+        s.add_file(&fixture(name).join("expected.safetensors"), "", |_| true)?;
+        Ok(Expected(s))
+    }
+
+    /// Shape and values of `key`.
+    pub fn get(&self, key: &str) -> Result<ndarray::ArrayD<f32>> {
+        let shape = self
+            .0
+            .shape(key)
+            .with_context(|| format!("no `{key}` in expected"))?
+            .to_vec();
+        let v = self.0.to_f32(key)?;
+        Ok(ndarray::ArrayD::from_shape_vec(shape, v)?)
+    }
+}
+
+/// Max |a - b|, failing on a shape mismatch.
+pub fn max_abs_diff(a: &ndarray::ArrayD<f32>, b: &ndarray::ArrayD<f32>) -> Result<f32> {
+    anyhow::ensure!(
+        a.shape() == b.shape(),
+        "shape {:?} != {:?}",
+        a.shape(),
+        b.shape()
+    );
+    let d = a
+        .iter()
+        .zip(b.iter())
+        .map(|(x, y)| (x - y).abs())
+        .fold(0f32, f32::max);
+    anyhow::ensure!(d.is_finite(), "non-finite difference");
+    Ok(d)
+}
+
+/// Rows `idx` of the first axis of `a`.
+pub fn select(a: &ndarray::ArrayD<f32>, idx: &[usize]) -> ndarray::ArrayD<f32> {
+    a.select(ndarray::Axis(0), idx)
+}
+
+/// `[usize]` from a JSON array.
+pub fn indices(v: &serde_json::Value) -> Vec<usize> {
+    v.as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|x| x.as_u64())
+                .map(|x| x as usize)
+                .collect()
+        })
+        .unwrap_or_default()
+}
