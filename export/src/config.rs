@@ -22,6 +22,7 @@ pub struct PreprocessConfig {
 }
 
 pub const CLIP_MEAN: [f32; 3] = [0.481_454_66, 0.457_827_5, 0.408_210_73];
+#[allow(clippy::excessive_precision)] // open_clip's constants, verbatim
 pub const CLIP_STD: [f32; 3] = [0.268_629_54, 0.261_302_58, 0.275_777_11];
 
 /// Named open_clip vision towers (as OpenFlamingo loads them).

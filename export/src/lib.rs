@@ -33,4 +33,4 @@ pub mod zip;
 pub use error::{Error, Result};
 pub use manifest::Manifest;
 pub use store::TensorStore;
-pub use write::{export, ExportOptions, NoProgress, Progress, Release};
+pub use write::{export, sha256_file, ExportOptions, NoProgress, Progress, Release};

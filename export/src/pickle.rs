@@ -471,7 +471,7 @@ impl<'a> Vm<'a> {
 }
 
 fn pairs(items: Vec<Val>) -> Option<Vec<(Val, Val)>> {
-    if items.len() % 2 != 0 {
+    if !items.len().is_multiple_of(2) {
         return None;
     }
     let mut it = items.into_iter();

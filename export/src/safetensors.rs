@@ -24,7 +24,7 @@ pub fn write_f32(path: &Path, tensors: &[Named]) -> Result<()> {
         offset += len;
     }
     let mut h = serde_json::to_vec(&header).unwrap_or_default();
-    while h.len() % 8 != 0 {
+    while !h.len().is_multiple_of(8) {
         h.push(b' ');
     }
     let tmp = path.with_extension("safetensors.partial");

@@ -401,7 +401,8 @@ mod tests {
         let mut g = GraphBuilder::new("t");
         let x = g.input("x", DType::F32, vec![Dim::Fixed(2)]);
         let mut s = g.scope(&NoWeights, "layers");
-        let mut a = s.pp(3).pp("attn");
+        let mut layer = s.pp(3);
+        let mut a = layer.pp("attn");
         let y = a.add(x, x);
         let z = a.add(y, y);
         g.output(z, "y", DType::F32, vec![Dim::Fixed(2)]);

@@ -12,7 +12,7 @@
 //! let y = g.scope(&NoWeights, "").add(x, x);
 //! g.output(y, "y", DType::F32, vec![Dim::sym("n"), Dim::Fixed(4)]);
 //! let graph = g.finish().unwrap();
-//! assert_eq!(graph.nodes.len(), 1);
+//! assert_eq!(graph.nodes.len(), 2); // Add, and the Identity naming the output
 //! ```
 
 pub mod blocks;

@@ -53,6 +53,14 @@ static INIT: OnceLock<Result<(PathBuf, ort::environment::Environment), String>> 
 /// Loads ONNX Runtime once per process; returns the library path and environment.
 pub fn init() -> Result<(PathBuf, ort::environment::Environment)> {
     INIT.get_or_init(|| {
+        if let Some(p) = std::env::var_os("ORT_DYLIB_PATH") {
+            if !Path::new(&p).exists() {
+                return Err(format!(
+                    "ORT_DYLIB_PATH points to {}, which does not exist",
+                    Path::new(&p).display()
+                ));
+            }
+        }
         let cands = dylib_candidates();
         let Some(path) = cands.iter().find(|p| p.exists()).cloned() else {
             return Err(format!(

@@ -76,34 +76,33 @@ pub fn merge_heads(s: &mut Scope, x: Value, rank: usize, heads: usize, dh: usize
     }
 }
 
+/// How [`sdpa`] scales and biases the scores.
+#[derive(Clone, Copy, Debug)]
+pub struct SdpaOpts {
+    pub scale: f32,
+    /// Scale q before the product (as the reference writes `q = q * scale`)
+    /// rather than the scores.
+    pub scale_q: bool,
+    /// Added to the scores before the softmax (mask, ALiBi), broadcastable.
+    pub bias: Option<Value>,
+    /// Rank of q, k and v.
+    pub rank: usize,
+}
+
 /// `softmax(q k^T * scale [+ bias]) v` over heads; q, k, v: `[.., H, L, Dh]`.
-/// `scale_q` applies the scale to q before the product (as the reference does
-/// where it writes `q = q * scale`), otherwise to the scores.
-pub fn sdpa(
-    s: &mut Scope,
-    q: Value,
-    k: Value,
-    v: Value,
-    scale: f32,
-    scale_q: bool,
-    bias: Option<Value>,
-    k_rank: usize,
-) -> Value {
-    let sc = s.scalar_f32(scale);
-    let perm: Vec<i64> = {
-        let mut p: Vec<i64> = (0..k_rank as i64).collect();
-        p.swap(k_rank - 1, k_rank - 2);
-        p
-    };
+pub fn sdpa(s: &mut Scope, q: Value, k: Value, v: Value, o: &SdpaOpts) -> Value {
+    let sc = s.scalar_f32(o.scale);
+    let mut perm: Vec<i64> = (0..o.rank as i64).collect();
+    perm.swap(o.rank - 1, o.rank - 2);
     let kt = s.transpose(k, &perm);
-    let scores = if scale_q {
+    let scores = if o.scale_q {
         let qs = s.mul(q, sc);
         s.matmul(qs, kt)
     } else {
         let qk = s.matmul(q, kt);
         s.mul(qk, sc)
     };
-    let scores = match bias {
+    let scores = match o.bias {
         Some(b) => s.add(scores, b),
         None => scores,
     };

@@ -3,7 +3,7 @@
 //! latents [64, D] per (B, T); each layer: latents += attn(x, latents);
 //! latents += ff(latents); then LayerNorm.  Output: [B, T, 64, D].
 
-use super::primitives::{gelu_erf, layer_norm, linear, merge_heads, sdpa, split_heads};
+use super::primitives::{gelu_erf, layer_norm, linear, merge_heads, sdpa, split_heads, SdpaOpts};
 use crate::ir::{Scope, Value};
 use crate::Result;
 
@@ -75,8 +75,13 @@ fn attention(s: &mut Scope, cfg: &ResamplerConfig, x: Value, latents: Value) -> 
     let q = split_heads(s, q, 4, cfg.heads, cfg.dim_head);
     let k = split_heads(s, kv[0], 4, cfg.heads, cfg.dim_head);
     let v = split_heads(s, kv[1], 4, cfg.heads, cfg.dim_head);
-    let scale = (cfg.dim_head as f32).powf(-0.5);
-    let o = sdpa(s, q, k, v, scale, true, None, 5);
+    let opts = SdpaOpts {
+        scale: (cfg.dim_head as f32).powf(-0.5),
+        scale_q: true,
+        bias: None,
+        rank: 5,
+    };
+    let o = sdpa(s, q, k, v, &opts);
     let o = merge_heads(s, o, 4, cfg.heads, cfg.dim_head);
     linear(&mut s.pp("to_out"), o, inner, d, false)
 }

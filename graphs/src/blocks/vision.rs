@@ -3,7 +3,9 @@
 //! -> resblocks -> the per-patch tokens, **without CLS and without ln_post**.
 //! pixels: [N, 3, H, W] -> tokens: [N, P, D], P = (H / patch)^2.
 
-use super::primitives::{gelu_erf, layer_norm, linear, merge_heads, quick_gelu, sdpa, split_heads};
+use super::primitives::{
+    gelu_erf, layer_norm, linear, merge_heads, quick_gelu, sdpa, split_heads, SdpaOpts,
+};
 use crate::ir::{Attr, Scope, Value};
 use crate::{Error, Result};
 
@@ -37,13 +39,13 @@ impl VisionConfig {
         self.grid() * self.grid()
     }
     pub fn validate(&self) -> Result<()> {
-        if self.patch_size == 0 || self.image_size % self.patch_size != 0 {
+        if self.patch_size == 0 || !self.image_size.is_multiple_of(self.patch_size) {
             return Err(Error::Config(format!(
                 "image_size {} is not a multiple of patch_size {}",
                 self.image_size, self.patch_size
             )));
         }
-        if self.heads == 0 || self.width % self.heads != 0 {
+        if self.heads == 0 || !self.width.is_multiple_of(self.heads) {
             return Err(Error::Config(format!(
                 "width {} is not divisible into {} heads",
                 self.width, self.heads
@@ -104,7 +106,13 @@ fn resblock(s: &mut Scope, cfg: &VisionConfig, x: Value) -> Result<Value> {
         let q = split_heads(&mut a, parts[0], 3, cfg.heads, dh);
         let k = split_heads(&mut a, parts[1], 3, cfg.heads, dh);
         let v = split_heads(&mut a, parts[2], 3, cfg.heads, dh);
-        let o = sdpa(&mut a, q, k, v, (dh as f32).powf(-0.5), true, None, 4);
+        let opts = SdpaOpts {
+            scale: (dh as f32).powf(-0.5),
+            scale_q: true,
+            bias: None,
+            rank: 4,
+        };
+        let o = sdpa(&mut a, q, k, v, &opts);
         let o = merge_heads(&mut a, o, 3, cfg.heads, dh);
         linear(&mut a.pp("out_proj"), o, w, w, true)?
     };

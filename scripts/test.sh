@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Runs the whole test suite: fetches ONNX Runtime's CPU library from the
+# onnxruntime wheel on PyPI (once), then every crate's tests on both backends.
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+scripts/install-ort.sh
+export ORT_DYLIB_PATH="${ORT_DYLIB_PATH:-$root/.ort/lib/libonnxruntime.so}"
+cargo test --workspace "$@"
