@@ -21,6 +21,7 @@
 
 pub mod config;
 mod error;
+pub mod family;
 pub mod lm;
 pub mod manifest;
 pub mod pickle;

@@ -33,7 +33,66 @@ pub struct ModelInfo {
     pub cross_attn_every_n_layers: usize,
     pub vision: VisionInfo,
     pub resampler: ResamplerInfo,
+    pub decoder: DecoderInfo,
     pub lm: LmInfo,
+}
+
+/// How to drive `decoder.onnx` (and `media_kv.onnx`).
+///
+/// Per call: `input_ids [batch, seq]`, `attention_mask [batch, past_seq + seq]`
+/// (1 = token, 0 = left padding), `position_ids [batch, seq]` when
+/// `uses_position_ids` (`cumsum(mask) - 1`, padded slots 1), `media_time
+/// [batch, seq]` (the 1-based media each token attends to: the running count
+/// of `<image>` tokens up to and including it during the prompt, the prompt's
+/// total while generating; 0 = no media yet), `num_logits_to_keep [1]`, and
+/// for every layer `past_key_values.{i}.key/value [batch, kv_heads, past_seq,
+/// head_dim]` (past_seq 0 on the first call). For every gated layer,
+/// `media_kv.{i}.key/value [batch, xattn_heads, num_media * num_latents,
+/// xattn_dim_head]` from `media_kv.onnx`, computed once per prompt. Outputs
+/// `logits [batch, kept, vocab]` and `present.{i}.key/value` (past + seq),
+/// which become the next call's past.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DecoderInfo {
+    pub num_layers: usize,
+    pub hidden_size: usize,
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+    pub vocab_size: usize,
+    /// Decoder layers preceded by a gated cross-attention block.
+    pub gated_layers: Vec<usize>,
+    pub uses_position_ids: bool,
+    pub xattn_heads: usize,
+    pub xattn_dim_head: usize,
+    pub num_latents: usize,
+    /// `position`: `alibi` or `rotary`.
+    pub position: String,
+    /// Layout of each past/present tensor.
+    pub cache_layout: String,
+}
+
+impl From<&flamingo_graphs::blocks::decoder::DecoderConfig> for DecoderInfo {
+    fn from(c: &flamingo_graphs::blocks::decoder::DecoderConfig) -> DecoderInfo {
+        use flamingo_graphs::blocks::decoder::PositionKind;
+        DecoderInfo {
+            num_layers: c.num_layers,
+            hidden_size: c.hidden,
+            heads: c.heads,
+            kv_heads: c.kv_heads,
+            head_dim: c.head_dim,
+            vocab_size: c.vocab,
+            gated_layers: c.gated_layers(),
+            uses_position_ids: c.uses_position_ids(),
+            xattn_heads: c.xattn.heads,
+            xattn_dim_head: c.xattn.dim_head,
+            num_latents: c.xattn.num_latents,
+            position: match c.position {
+                PositionKind::Alibi { .. } => "alibi".into(),
+                PositionKind::Rotary { .. } => "rotary".into(),
+            },
+            cache_layout: "[batch, kv_heads, seq, head_dim]".into(),
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -7,7 +7,9 @@ use std::fs;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
+use flamingo_graphs::blocks::decoder::{decoder, media_kv, DecoderConfig, DecoderInputs};
 use flamingo_graphs::blocks::{perceiver_resampler, vision_encoder, ResamplerConfig, VisionConfig};
+use flamingo_graphs::contract as io;
 use flamingo_graphs::onnx::{self, WriteOptions};
 use flamingo_graphs::{DType, Dim, Graph, GraphBuilder, WeightSource};
 use sha2::{Digest, Sha256};
@@ -15,7 +17,9 @@ use sha2::{Digest, Sha256};
 use crate::config::{self, PreprocessConfig};
 use crate::error::{io_err, Error, Result};
 use crate::lm::{self, LmConfig};
-use crate::manifest::{self, GraphInfo, LmInfo, Manifest, ModelInfo, ResamplerInfo, VisionInfo};
+use crate::manifest::{
+    self, DecoderInfo, GraphInfo, LmInfo, Manifest, ModelInfo, ResamplerInfo, VisionInfo,
+};
 use crate::store::TensorStore;
 use crate::tokens;
 
@@ -62,6 +66,7 @@ pub struct Release {
     pub preprocess: PreprocessConfig,
     pub resampler: ResamplerConfig,
     pub lm: LmConfig,
+    pub decoder: DecoderConfig,
 }
 
 impl Release {
@@ -69,6 +74,12 @@ impl Release {
     /// so that `checkpoint.pt`'s `lang_encoder.*` entries (the resized input
     /// embeddings, the gated cross-attention layers) override them.
     pub fn open(opts: &ExportOptions) -> Result<Release> {
+        if opts.cross_attn_every_n_layers == 0 {
+            return Err(Error::Config {
+                path: "--cross-attn-every-n-layers".into(),
+                message: "must be at least 1".into(),
+            });
+        }
         let lm = LmConfig::load(&opts.lm)?;
         let mut store = TensorStore::new();
         let n = store.add_file(&opts.clip, "", |n| n.starts_with("visual."))?;
@@ -118,12 +129,15 @@ impl Release {
                 got: vec![resampler.num_latents, resampler.dim],
             }));
         }
+        let decoder =
+            crate::family::decoder_config(&lm, &store, &resampler, opts.cross_attn_every_n_layers)?;
         Ok(Release {
             store,
             vision,
             preprocess,
             resampler,
             lm,
+            decoder,
         })
     }
 }
@@ -179,18 +193,115 @@ pub fn build_resampler_graph(
     Ok(g.finish()?)
 }
 
+/// `media_kv`: `latents [batch,num_media,n,Dv]` -> `media_kv.{i}.key/value
+/// [batch,heads,num_media*n,dim_head]` for each gated layer i: the
+/// visual-latent cache, computed once per prompt.
+pub fn build_media_kv_graph(w: &dyn WeightSource, cfg: &DecoderConfig) -> Result<Graph> {
+    let mut g = GraphBuilder::new("media_kv");
+    g.set_doc("Cross-attention K/V of every gated layer, from the resampler latents");
+    let (b, t) = (Dim::sym("batch"), Dim::sym("num_media"));
+    let x = &cfg.xattn;
+    let lat = g.input(
+        io::LATENTS,
+        DType::F32,
+        vec![b.clone(), t, x.num_latents.into(), x.dim_visual.into()],
+    );
+    let kvs = media_kv(&mut g.scope(w, ""), cfg, lat)?;
+    for (i, k, v) in kvs {
+        let dims = vec![
+            b.clone(),
+            x.heads.into(),
+            Dim::sym("media_latents"),
+            x.dim_head.into(),
+        ];
+        g.output(k, &io::media_key(i), DType::F32, dims.clone());
+        g.output(v, &io::media_value(i), DType::F32, dims);
+    }
+    Ok(g.finish()?)
+}
+
+/// `decoder`: one step (prefill or decode) of the cross-attention-augmented
+/// LM with the self-attention KV cache; see [`io`] for the contract.
+pub fn build_decoder_graph(w: &dyn WeightSource, cfg: &DecoderConfig) -> Result<Graph> {
+    let mut g = GraphBuilder::new("decoder");
+    g.set_doc(
+        "OpenFlamingo language model with gated cross-attention, KV cache and media K/V cache",
+    );
+    let (b, s) = (Dim::sym("batch"), Dim::sym("seq"));
+    let i64d = DType::I64;
+    let input_ids = g.input(io::INPUT_IDS, i64d, vec![b.clone(), s.clone()]);
+    let attention_mask = g.input(
+        io::ATTENTION_MASK,
+        i64d,
+        vec![b.clone(), Dim::sym("total_seq")],
+    );
+    let position_ids = cfg
+        .uses_position_ids()
+        .then(|| g.input(io::POSITION_IDS, i64d, vec![b.clone(), s.clone()]));
+    let media_time = g.input(io::MEDIA_TIME, i64d, vec![b.clone(), s.clone()]);
+    let keep = g.input(io::NUM_LOGITS_TO_KEEP, i64d, vec![1.into()]);
+    let kv_dims = |len: &str| {
+        vec![
+            b.clone(),
+            cfg.kv_heads.into(),
+            Dim::sym(len),
+            cfg.head_dim.into(),
+        ]
+    };
+    let past = (0..cfg.num_layers)
+        .map(|i| {
+            (
+                g.input(&io::past_key(i), DType::F32, kv_dims("past_seq")),
+                g.input(&io::past_value(i), DType::F32, kv_dims("past_seq")),
+            )
+        })
+        .collect();
+    let x = &cfg.xattn;
+    let media = (0..cfg.num_layers)
+        .map(|i| {
+            x.gated(i).then(|| {
+                let dims = vec![
+                    b.clone(),
+                    x.heads.into(),
+                    Dim::sym("media_latents"),
+                    x.dim_head.into(),
+                ];
+                (
+                    g.input(&io::media_key(i), DType::F32, dims.clone()),
+                    g.input(&io::media_value(i), DType::F32, dims),
+                )
+            })
+        })
+        .collect();
+    let inputs = DecoderInputs {
+        input_ids,
+        attention_mask,
+        position_ids,
+        media_time,
+        num_logits_to_keep: keep,
+        past,
+        media,
+    };
+    let out = decoder(&mut g.scope(w, ""), cfg, &inputs)?;
+    g.output(
+        out.logits,
+        io::LOGITS,
+        DType::F32,
+        vec![b.clone(), Dim::sym("kept"), cfg.vocab.into()],
+    );
+    for (i, (k, v)) in out.present.into_iter().enumerate() {
+        g.output(k, &io::present_key(i), DType::F32, kv_dims("total_seq"));
+        g.output(v, &io::present_value(i), DType::F32, kv_dims("total_seq"));
+    }
+    Ok(g.finish()?)
+}
+
 /// Exports a release into `opts.out`. Nothing is left at `opts.out` unless
 /// the whole export succeeded.
 pub fn export(opts: &ExportOptions, progress: &mut dyn Progress) -> Result<Manifest> {
     if opts.out.exists() && !opts.force {
         return Err(Error::OutputExists {
             path: opts.out.display().to_string(),
-        });
-    }
-    if opts.cross_attn_every_n_layers == 0 {
-        return Err(Error::Config {
-            path: "--cross-attn-every-n-layers".into(),
-            message: "must be at least 1".into(),
         });
     }
     let release = Release::open(opts)?;
@@ -223,6 +334,8 @@ fn write_all(
             "resampler",
             build_resampler_graph(&r.store, &r.resampler, r.vision.num_patches())?,
         ),
+        ("media_kv", build_media_kv_graph(&r.store, &r.decoder)?),
+        ("decoder", build_decoder_graph(&r.store, &r.decoder)?),
     ];
     let mut infos = BTreeMap::new();
     for (role, g) in &graphs {
@@ -283,6 +396,7 @@ fn write_all(
                 max_num_frames: rs.max_num_frames,
                 max_num_media: rs.max_num_media,
             },
+            decoder: DecoderInfo::from(&r.decoder),
             lm: LmInfo {
                 model_type: r.lm.model_type.clone(),
                 vocab_size: r.lm.vocab_size()?,

@@ -16,6 +16,7 @@
 //! ```
 
 pub mod blocks;
+pub mod contract;
 mod error;
 mod ir;
 pub mod onnx;

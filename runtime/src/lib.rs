@@ -11,6 +11,7 @@
 //! ```
 
 mod backend;
+pub mod decoder;
 mod error;
 mod model;
 #[cfg(feature = "ort")]
@@ -19,5 +20,6 @@ pub mod preprocess;
 pub mod tract_backend;
 
 pub use backend::{Backend, BackendKind, Session, Value};
+pub use decoder::{KvCache, MediaKv, Step};
 pub use error::{Error, Result};
 pub use model::{Encoded, Media, Model};

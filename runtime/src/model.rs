@@ -41,6 +41,8 @@ pub struct Model {
     pub backend: BackendKind,
     vision: Box<dyn Session>,
     resampler: Box<dyn Session>,
+    media_kv: Option<Box<dyn Session>>,
+    decoder: Option<Box<dyn Session>>,
 }
 
 impl Model {
@@ -60,21 +62,44 @@ impl Model {
         let path = |role: &str| -> Result<PathBuf> { Ok(dir.join(&manifest.graph(role)?.file)) };
         let vision = be.load(&path("vision_encoder")?)?;
         let resampler = be.load(&path("resampler")?)?;
+        let media_kv = be.load(&path("media_kv")?)?;
+        let decoder = be.load(&path("decoder")?)?;
         Ok(Model {
             dir: dir.to_path_buf(),
             manifest,
             backend: kind,
             vision,
             resampler,
+            media_kv: Some(media_kv),
+            decoder: Some(decoder),
         })
     }
 
     /// Which provider runs each graph.
     pub fn providers(&self) -> Vec<(String, String)> {
-        vec![
+        let mut v = vec![
             ("vision_encoder".into(), self.vision.provider()),
             ("resampler".into(), self.resampler.provider()),
-        ]
+        ];
+        if let Some(s) = &self.media_kv {
+            v.push(("media_kv".into(), s.provider()));
+        }
+        if let Some(s) = &self.decoder {
+            v.push(("decoder".into(), s.provider()));
+        }
+        v
+    }
+
+    pub(crate) fn media_kv_session(&mut self) -> Result<&mut Box<dyn Session>> {
+        self.media_kv
+            .as_mut()
+            .ok_or_else(|| Error::Input("this export has no media_kv graph".into()))
+    }
+
+    pub(crate) fn decoder_session(&mut self) -> Result<&mut Box<dyn Session>> {
+        self.decoder
+            .as_mut()
+            .ok_or_else(|| Error::Input("this export has no decoder graph".into()))
     }
 
     /// Preprocessed pixels `[N, 3, S, S]` of the given image files.

@@ -294,3 +294,74 @@ fn a_non_checkpoint_file_is_a_clear_error() -> Result<()> {
     expect_failure(&options_in(&dir, &dir.join("out"))?, &["checkpoint.pt"])?;
     Ok(())
 }
+
+fn with_lm_config(fx: &str, tag: &str, from: &str, to: &str) -> Result<ExportOptions> {
+    let dir = copy_fixture(fx, tag)?;
+    let cfg = dir.join("lm/config.json");
+    let text = std::fs::read_to_string(&cfg)?;
+    assert!(text.contains(from), "{fx} config has no `{from}`");
+    std::fs::write(&cfg, text.replace(from, to))?;
+    let mut o = export_options(fx, &dir.join("out"))?;
+    o.clip = dir.join("clip/open_clip_pytorch_model.bin");
+    o.lm = dir.join("lm");
+    o.checkpoint = dir.join("checkpoint.pt");
+    o.tokenizer = dir.join("tokenizer");
+    Ok(o)
+}
+
+#[test]
+fn lm_config_disagreeing_with_the_tensors_names_the_tensor_and_both_shapes() -> Result<()> {
+    // key/value heads: k_proj has 2 x 16 rows, the config claims 4 heads
+    let o = with_lm_config(
+        "tiny-llama",
+        "kvheads",
+        "\"num_key_value_heads\": 2",
+        "\"num_key_value_heads\": 4",
+    )?;
+    expect_failure(
+        &o,
+        &[
+            "lang_encoder.model.layers.0.self_attn.k_proj.weight",
+            "[64, 64]",
+            "[32, 64]",
+        ],
+    )?;
+    // hidden size
+    let o = with_lm_config("tiny-mpt", "hidden", "\"d_model\": 64", "\"d_model\": 32")?;
+    expect_failure(
+        &o,
+        &[
+            "lang_encoder.transformer.wte.weight",
+            "[403, 32]",
+            "[403, 64]",
+        ],
+    )?;
+    // MLP width
+    let o = with_lm_config(
+        "tiny-neox",
+        "inter",
+        "\"intermediate_size\": 256",
+        "\"intermediate_size\": 128",
+    )?;
+    expect_failure(&o, &["mlp.dense_h_to_4h.weight", "[128, 64]", "[256, 64]"])?;
+    // layer count
+    let o = with_lm_config(
+        "tiny-neox",
+        "nlayers",
+        "\"num_hidden_layers\": 4",
+        "\"num_hidden_layers\": 5",
+    )?;
+    expect_failure(&o, &["5 layers", "have 4"])?;
+    Ok(())
+}
+
+#[test]
+fn a_wrong_cross_attention_interval_is_an_error() -> Result<()> {
+    let mut o = export_options("tiny-neox", &scratch().join("wrong-n"))?;
+    o.cross_attn_every_n_layers = 1;
+    expect_failure(
+        &o,
+        &["--cross-attn-every-n-layers", "gated_cross_attn_layer"],
+    )?;
+    Ok(())
+}

@@ -16,15 +16,16 @@ pub fn linear(s: &mut Scope, x: Value, d_in: usize, d_out: usize, bias: bool) ->
     }
 }
 
-/// `nn.LayerNorm(dim)` over the last axis (`weight`, optional `bias`).
+/// `nn.LayerNorm(dim)` over the last axis (`weight`, optional `bias`). A
+/// missing bias is a zero constant: tract wants all three inputs.
 pub fn layer_norm(s: &mut Scope, x: Value, dim: usize, eps: f32, bias: bool) -> Result<Value> {
     let w = s.weight("weight", &[dim])?;
     let b = if bias {
-        Some(s.weight("bias", &[dim])?)
+        s.weight("bias", &[dim])?
     } else {
-        None
+        s.constant(crate::Tensor::from_f32(vec![dim], &vec![0.0; dim]))
     };
-    Ok(s.layer_norm_op(x, w, b, eps))
+    Ok(s.layer_norm_op(x, w, Some(b), eps))
 }
 
 /// Exact GELU: `0.5 x (1 + erf(x / sqrt 2))` (torch's default `nn.GELU`).

@@ -1,0 +1,166 @@
+//! The cross-attention decoder against the reference (FLAMINGO.md sections
+//! 5-6): full-prompt logits, incremental decoding with the KV cache equal to
+//! a full pass, and per-step greedy scores, on every backend.
+
+use anyhow::{Context, Result};
+use flamingo_runtime::decoder::{media_time, position_ids};
+use flamingo_runtime::{MediaKv, Model, Step};
+use flamingo_tests::*;
+use ndarray::{concatenate, Array2, ArrayD, Axis};
+
+/// The media K/V of a case from the reference pixels.
+fn case_media(model: &mut Model, exp: &Expected, case: &serde_json::Value) -> Result<MediaKv> {
+    let px = exp.get("pixel_values")?;
+    let (idx, t, f) = match case.get("frames") {
+        Some(fr) => {
+            let fr = indices(fr);
+            let n = fr.len();
+            (fr, 1, n)
+        }
+        None => {
+            let im = indices(&case["images"]);
+            let n = im.len();
+            (im, n, 1)
+        }
+    };
+    let tokens = model.vision_tokens(select(&px, &idx))?;
+    let (p, d) = (tokens.shape()[1], tokens.shape()[2]);
+    let latents = model.latents(tokens.into_shape_with_order(vec![1, t, f, p, d])?)?;
+    Ok(model.media_kv(latents)?)
+}
+
+fn ids_of(v: &serde_json::Value) -> Vec<i64> {
+    v.as_array()
+        .map(|a| a.iter().filter_map(|x| x.as_i64()).collect())
+        .unwrap_or_default()
+}
+
+/// A single-row step over `ids[from..to]` of a sequence whose media times are `mt`.
+fn step(ids: &[i64], mt: &[i64], from: usize, to: usize, keep: usize) -> Result<Step> {
+    let row = |v: &[i64]| Array2::from_shape_vec((1, v.len()), v.to_vec());
+    Ok(Step {
+        input_ids: row(&ids[from..to])?,
+        attention_mask: row(&vec![1; to])?,
+        position_ids: row(&position_ids(&vec![1; to])[from..to])?,
+        media_time: row(&mt[from..to])?,
+        keep,
+    })
+}
+
+/// Media times for a prompt followed by generated tokens: the running count
+/// in the prompt, the prompt's total afterwards.
+fn media_times(prompt: &[i64], generated: usize, media_token: i64) -> Vec<i64> {
+    let mut mt = media_time(prompt, media_token);
+    let last = mt.last().copied().unwrap_or(0);
+    mt.extend(std::iter::repeat_n(last, generated));
+    mt
+}
+
+#[test]
+fn full_prompt_logits_match_the_reference() -> Result<()> {
+    let mut checked = 0;
+    for backend in BACKENDS {
+        for fx in FIXTURES {
+            let mut model = Model::load(&exported(fx)?, backend)?;
+            let media_token = model.manifest.special_tokens.media as i64;
+            let exp = Expected::load(fx)?;
+            for case in cases(fx)?["cases"].as_array().context("cases")? {
+                let Some(key) = case["expect"]["logits"].as_str() else {
+                    continue;
+                };
+                let kv = case_media(&mut model, &exp, case)?;
+                let ids = ids_of(&case["input_ids"]);
+                let mt = media_time(&ids, media_token);
+                let mut cache = model.empty_cache(1);
+                let logits =
+                    model.decode(&step(&ids, &mt, 0, ids.len(), ids.len())?, &kv, &mut cache)?;
+                let d = max_abs_diff(&logits, &exp.get(key)?)?;
+                eprintln!("logits {backend} {fx} {key}: max abs diff {d:.3e}");
+                assert!(d <= 1e-3, "{backend} {fx} {key}: max abs diff {d}");
+                checked += 1;
+            }
+        }
+    }
+    assert_eq!(checked, 2 * (3 * 4 + 1));
+    Ok(())
+}
+
+#[test]
+fn incremental_decoding_equals_a_full_pass_and_the_reference_greedy_scores() -> Result<()> {
+    let mut checked = 0;
+    for backend in BACKENDS {
+        for fx in FIXTURES {
+            let mut model = Model::load(&exported(fx)?, backend)?;
+            let media_token = model.manifest.special_tokens.media as i64;
+            let exp = Expected::load(fx)?;
+            for case in cases(fx)?["cases"].as_array().context("cases")? {
+                let Some(key) = case["expect"]["greedy_scores"].as_str() else {
+                    continue;
+                };
+                let kv = case_media(&mut model, &exp, case)?;
+                let prompt = ids_of(&case["input_ids"]);
+                let all = ids_of(&case["greedy"]["output_ids"]);
+                let (s, n) = (prompt.len(), all.len());
+                let mt = media_times(&prompt, n - s, media_token);
+                // one full pass over prompt + generated tokens
+                let mut c = model.empty_cache(1);
+                let full = model.decode(&step(&all, &mt, 0, n, n)?, &kv, &mut c)?;
+                // the prompt in two chunks, then one token at a time
+                let mut cache = model.empty_cache(1);
+                let half = s / 2;
+                let mut parts =
+                    vec![model.decode(&step(&all, &mt, 0, half, half)?, &kv, &mut cache)?];
+                parts.push(model.decode(&step(&all, &mt, half, s, s - half)?, &kv, &mut cache)?);
+                for t in s..n {
+                    parts.push(model.decode(&step(&all, &mt, t, t + 1, 1)?, &kv, &mut cache)?);
+                }
+                assert_eq!(cache.len(), n);
+                let views: Vec<_> = parts.iter().map(|p| p.view()).collect();
+                let inc = concatenate(Axis(1), &views)?;
+                let d = max_abs_diff(&inc, &full)?;
+                eprintln!("incremental vs full {backend} {fx} {key}: max abs diff {d:.3e}");
+                assert!(
+                    d <= 1e-4,
+                    "{backend} {fx}: incremental differs from full by {d}"
+                );
+                // per-step scores: position s-1 .. s-1+steps
+                let want = exp.get(key)?;
+                let steps = want.shape()[1];
+                let got: ArrayD<f32> = inc
+                    .slice_axis(Axis(1), (s - 1..s - 1 + steps).into())
+                    .to_owned();
+                let d = max_abs_diff(&got, &want)?;
+                eprintln!("greedy scores {backend} {fx} {key}: max abs diff {d:.3e}");
+                assert!(
+                    d <= 1e-3,
+                    "{backend} {fx} {key}: greedy scores differ by {d}"
+                );
+                checked += 1;
+            }
+        }
+    }
+    assert_eq!(checked, 2 * 3 * 4);
+    Ok(())
+}
+
+/// A decode step computes the LM head for the last position only.
+#[test]
+fn a_decode_step_can_keep_only_the_last_logits() -> Result<()> {
+    for backend in BACKENDS {
+        let mut model = Model::load(&exported("tiny-neox")?, backend)?;
+        let exp = Expected::load("tiny-neox")?;
+        let case = &cases("tiny-neox")?["cases"][0];
+        let kv = case_media(&mut model, &exp, case)?;
+        let ids = ids_of(&case["input_ids"]);
+        let mt = media_time(&ids, 401);
+        let mut cache = model.empty_cache(1);
+        let last = model.decode(&step(&ids, &mt, 0, ids.len(), 1)?, &kv, &mut cache)?;
+        assert_eq!(last.shape(), &[1, 1, 403]);
+        let all = exp.get(case["expect"]["logits"].as_str().context("key")?)?;
+        let want = all
+            .slice_axis(Axis(1), (ids.len() - 1..ids.len()).into())
+            .to_owned();
+        assert!(max_abs_diff(&last, &want)? <= 1e-3);
+    }
+    Ok(())
+}
