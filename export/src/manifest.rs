@@ -127,6 +127,9 @@ pub struct LmInfo {
     pub hidden_size: usize,
     pub num_layers: usize,
     pub max_position_embeddings: Option<usize>,
+    /// The LM config's `pad_token_id` (fills finished rows while a batch
+    /// generates; transformers falls back to the stop token).
+    pub pad_token_id: Option<u32>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

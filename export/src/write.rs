@@ -403,6 +403,7 @@ fn write_all(
                 hidden_size: r.lm.hidden_size()?,
                 num_layers: r.lm.num_layers()?,
                 max_position_embeddings: r.lm.max_positions(),
+                pad_token_id: r.lm.usize_of(&["pad_token_id"]).map(|v| v as u32),
             },
         },
         preprocess: r.preprocess.clone(),

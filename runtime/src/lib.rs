@@ -16,10 +16,15 @@ mod error;
 mod model;
 #[cfg(feature = "ort")]
 pub mod ort_backend;
+pub mod pipeline;
 pub mod preprocess;
+pub mod search;
+pub mod tokenizer;
 pub mod tract_backend;
 
 pub use backend::{Backend, BackendKind, Session, Value};
 pub use decoder::{KvCache, MediaKv, Step};
 pub use error::{Error, Result};
 pub use model::{Encoded, Media, Model};
+pub use pipeline::{CandidateScore, Generation, Pipeline, Request, Sequence, TokenEvent};
+pub use search::GenerateOptions;
