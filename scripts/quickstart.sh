@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The main job on a fresh machine: build the CLI, export a model to ONNX and
-# run it on images with the embedded tract backend (nothing else to install).
+# generate from images with the embedded tract backend (nothing else to install).
 # Usage: scripts/quickstart.sh [FIXTURE_DIR] [OUT_DIR]
 #   FIXTURE_DIR: a release-layout dir (clip/, lm/, checkpoint.pt, tokenizer/,
 #                flamingo.json); defaults to the bundled tiny MPT model.
@@ -16,5 +16,7 @@ n=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["cross_attn_
   --checkpoint "$src/checkpoint.pt" --tokenizer "$src/tokenizer" \
   --cross-attn-every-n-layers "$n" --out "$out" --force
 "$bin" inspect "$out"
-"$bin" encode --model "$out" --image "$src/images/img1.png" --image "$src/images/img0.png" \
-  --out "$out/encoded.safetensors"
+echo "--- few-shot generation (tract):"
+"$bin" generate --model "$out" \
+  --prompt "<image>an apple on a table.<|endofchunk|><image>a photo of" \
+  --image "$src/images/img1.png" --image "$src/images/img0.png" --max-new-tokens 10 --json

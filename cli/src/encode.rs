@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use flamingo_export::safetensors::{write_f32, Named};
-use flamingo_runtime::{BackendKind, Media, Model};
+use flamingo_runtime::{BackendKind, Model};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -29,7 +29,10 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> Result<()> {
-    let media = media_in_order(&a)?;
+    let media = crate::media::in_order(&a.image, &a.video);
+    if media.is_empty() {
+        anyhow::bail!("give at least one --image or --video");
+    }
     let mut model = Model::load(&a.model, a.backend)?;
     let enc = model.encode(&media)?;
     let tokens = enc.vision_tokens.as_standard_layout().to_owned();
@@ -71,34 +74,4 @@ pub fn run(a: Args) -> Result<()> {
         );
     }
     Ok(())
-}
-
-/// Media in command-line order: clap keeps each flag's values, so we restore
-/// the interleaving of --image and --video from the raw arguments.
-fn media_in_order(a: &Args) -> Result<Vec<Media>> {
-    let mut images = a.image.iter();
-    let mut videos = a.video.iter();
-    let mut out = Vec::new();
-    let args: Vec<String> = std::env::args().collect();
-    for arg in &args {
-        let flag = arg.split('=').next().unwrap_or("");
-        if flag == "--image" {
-            if let Some(p) = images.next() {
-                out.push(Media::Image(p.clone()));
-            }
-        } else if flag == "--video" {
-            if let Some(v) = videos.next() {
-                let frames: Vec<PathBuf> = v
-                    .split(',')
-                    .filter(|s| !s.is_empty())
-                    .map(PathBuf::from)
-                    .collect();
-                out.push(Media::Video(frames));
-            }
-        }
-    }
-    if out.is_empty() {
-        anyhow::bail!("give at least one --image or --video");
-    }
-    Ok(out)
 }

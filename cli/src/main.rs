@@ -2,8 +2,11 @@
 
 mod encode;
 mod export;
+mod generate;
 mod inspect;
+mod media;
 mod progress;
+mod score;
 
 use clap::{Parser, Subcommand};
 
@@ -26,6 +29,10 @@ enum Command {
     Inspect(inspect::Args),
     /// Run the vision encoder and resampler on images or videos; write a .safetensors.
     Encode(encode::Args),
+    /// Generate text from a prompt with images/videos (or a JSONL batch of requests).
+    Generate(generate::Args),
+    /// Score candidate continuations by the sum of their token log-probabilities.
+    Score(score::Args),
 }
 
 fn main() {
@@ -34,6 +41,8 @@ fn main() {
         Command::Export(a) => export::run(a),
         Command::Inspect(a) => inspect::run(a),
         Command::Encode(a) => encode::run(a),
+        Command::Generate(a) => generate::run(a),
+        Command::Score(a) => score::run(a),
     };
     if let Err(e) = result {
         eprintln!("error: {}", describe(&e));

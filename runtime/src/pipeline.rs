@@ -98,6 +98,12 @@ impl MediaCache {
     }
 }
 
+/// Left-padded rows: the prefill step and the batched media K/V.
+struct Padded {
+    step: Step,
+    kv: MediaKv,
+}
+
 /// A prompt ready to decode.
 struct Prepared {
     ids: Vec<u32>,
@@ -215,7 +221,7 @@ impl Pipeline {
                 .iter()
                 .map(|f| f.view().insert_axis(Axis(0)))
                 .collect();
-            Ok(concatenate(Axis(0), &views).map_err(|e| Error::Input(e.to_string()))?)
+            concatenate(Axis(0), &views).map_err(|e| Error::Input(e.to_string()))
         };
         let position_dependent = self.model.manifest.model.resampler.max_num_media.is_some();
         if position_dependent {
@@ -350,12 +356,8 @@ impl Pipeline {
             .collect()
     }
 
-    /// Left-pads the rows; returns (ids, mask, positions, media_time, batched media K/V).
-    fn pad_rows(
-        &self,
-        rows: &[&[u32]],
-        media_of_row: &[&MediaKv],
-    ) -> Result<(Array2<i64>, Array2<i64>, Array2<i64>, Array2<i64>, MediaKv)> {
+    /// Left-pads the rows into one batch.
+    fn pad_rows(&self, rows: &[&[u32]], media_of_row: &[&MediaKv]) -> Result<Padded> {
         let b = rows.len();
         let l = rows.iter().map(|r| r.len()).max().unwrap_or(0);
         let st = &self.model.manifest.special_tokens;
@@ -383,7 +385,16 @@ impl Pipeline {
                 pos[[i, j]] = v;
             }
         }
-        Ok((ids, mask, pos, mt, stack_media(media_of_row)?))
+        Ok(Padded {
+            step: Step {
+                input_ids: ids,
+                attention_mask: mask,
+                position_ids: pos,
+                media_time: mt,
+                keep: 1,
+            },
+            kv: stack_media(media_of_row)?,
+        })
     }
 
     /// Greedy / sampling over a left-padded batch.
@@ -395,25 +406,16 @@ impl Pipeline {
         let b = preps.len();
         let rows: Vec<&[u32]> = preps.iter().map(|p| p.ids.as_slice()).collect();
         let kvs: Vec<&MediaKv> = preps.iter().map(|p| &p.kv).collect();
-        let (ids, mut mask, pos, mt, kv) = self.pad_rows(&rows, &kvs)?;
-        let l = ids.ncols();
-        let mut seqs: Vec<Vec<u32>> = ids
+        let Padded { step, kv } = self.pad_rows(&rows, &kvs)?;
+        let mut mask = step.attention_mask.clone();
+        let mut seqs: Vec<Vec<u32>> = step
+            .input_ids
             .rows()
             .into_iter()
             .map(|r| r.iter().map(|&t| t as u32).collect())
             .collect();
         let mut cache = self.model.empty_cache(b);
-        let mut logits = self.model.decode(
-            &Step {
-                input_ids: ids,
-                attention_mask: mask.clone(),
-                position_ids: pos,
-                media_time: mt,
-                keep: 1,
-            },
-            &kv,
-            &mut cache,
-        )?;
+        let mut logits = self.model.decode(&step, &kv, &mut cache)?;
         let mut rngs: Vec<Rng> = preps.iter().map(|p| Rng::new(p.opts.seed)).collect();
         let mut generated: Vec<Vec<u32>> = vec![Vec::new(); b];
         let mut finished = vec![false; b];
@@ -464,14 +466,12 @@ impl Pipeline {
             if stopped_by_caller || finished.iter().all(|&f| f) || t + 1 == max_new {
                 break;
             }
-            let total = l + t + 1;
             mask = concatenate(Axis(1), &[mask.view(), Array2::ones((b, 1)).view()])
                 .map_err(|e| Error::Input(e.to_string()))?;
             let mut step_pos = Array2::zeros((b, 1));
             for i in 0..b {
                 step_pos[[i, 0]] = mask.row(i).iter().sum::<i64>() - 1;
             }
-            let _ = total;
             logits = self.model.decode(
                 &Step {
                     input_ids: Array2::from_shape_fn((b, 1), |(i, _)| next[i] as i64),
@@ -634,20 +634,11 @@ impl Pipeline {
         }
         let refs: Vec<&[u32]> = rows.iter().map(|r| r.as_slice()).collect();
         let kvs: Vec<&MediaKv> = rows.iter().map(|_| &kv).collect();
-        let (ids, mask, pos, mt, kvb) = self.pad_rows(&refs, &kvs)?;
-        let l = ids.ncols();
+        let Padded { mut step, kv: kvb } = self.pad_rows(&refs, &kvs)?;
+        let l = step.input_ids.ncols();
+        step.keep = l;
         let mut cache = self.model.empty_cache(rows.len());
-        let logits = self.model.decode(
-            &Step {
-                input_ids: ids,
-                attention_mask: mask,
-                position_ids: pos,
-                media_time: mt,
-                keep: l,
-            },
-            &kvb,
-            &mut cache,
-        )?;
+        let logits = self.model.decode(&step, &kvb, &mut cache)?;
         let mut out = Vec::new();
         for (i, (row, c)) in rows.iter().zip(candidates).enumerate() {
             let off = l - row.len();

@@ -66,16 +66,16 @@ impl GenerateOptions {
                 "beam sampling is not supported: use either --do-sample or --num-beams".into(),
             );
         }
-        if !(self.temperature >= 0.0) || !self.temperature.is_finite() {
+        if self.temperature.is_nan() || self.temperature < 0.0 || !self.temperature.is_finite() {
             return Err(format!(
                 "temperature must be >= 0, got {}",
                 self.temperature
             ));
         }
-        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
+        if self.top_p.is_nan() || self.top_p <= 0.0 || self.top_p > 1.0 {
             return Err(format!("top_p must be in (0, 1], got {}", self.top_p));
         }
-        if !(self.repetition_penalty > 0.0) {
+        if self.repetition_penalty.is_nan() || self.repetition_penalty <= 0.0 {
             return Err(format!(
                 "repetition_penalty must be > 0, got {}",
                 self.repetition_penalty

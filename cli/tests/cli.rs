@@ -1,0 +1,293 @@
+//! The built `flamingo` binary, end to end on the fixtures: export, then
+//! `generate --json` (single prompts and a JSONL batch) and `score --json`
+//! against the reference, on both backends; malformed batch lines fail alone.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde_json::{json, Value};
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/fixtures")
+        .join(name)
+}
+
+fn flamingo(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_flamingo"))
+        .args(args)
+        .output()
+        .expect("running the flamingo binary");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn export(fx: &str, out: &Path) {
+    let f = fixture(fx);
+    let cfg: Value =
+        serde_json::from_str(&std::fs::read_to_string(f.join("flamingo.json")).unwrap()).unwrap();
+    let n = cfg["cross_attn_every_n_layers"].to_string();
+    let p = |s: &str| f.join(s).display().to_string();
+    let (ok, _, err) = flamingo(&[
+        "export",
+        "--clip",
+        &p("clip/open_clip_pytorch_model.bin"),
+        "--lm",
+        &p("lm"),
+        "--checkpoint",
+        &p("checkpoint.pt"),
+        "--tokenizer",
+        &p("tokenizer"),
+        "--cross-attn-every-n-layers",
+        &n,
+        "--out",
+        &out.display().to_string(),
+    ]);
+    assert!(ok, "export {fx} failed: {err}");
+}
+
+fn lines(stdout: &str) -> Vec<Value> {
+    stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect()
+}
+
+#[test]
+fn generate_and_score_json_match_the_reference_on_both_backends() {
+    let tmp = tempfile::tempdir().unwrap();
+    for fx in ["tiny-mpt", "tiny-neox", "tiny-llama"] {
+        let model = tmp.path().join(fx);
+        export(fx, &model);
+        let model_s = model.display().to_string();
+        let cases: Value =
+            serde_json::from_str(&std::fs::read_to_string(fixture(fx).join("cases.json")).unwrap())
+                .unwrap();
+        let cases = cases["cases"].as_array().unwrap();
+        // a JSONL batch with every greedy and beam case
+        let mut batch = String::new();
+        let mut want = Vec::new();
+        for c in cases
+            .iter()
+            .filter(|c| c.get("prompt").is_some() && c.get("greedy").is_some())
+        {
+            for mode in ["greedy", "beam"] {
+                let spec = &c[mode];
+                let media: Vec<String> = c["images"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|i| {
+                        fixture(fx)
+                            .join(format!("images/img{i}.png"))
+                            .display()
+                            .to_string()
+                    })
+                    .collect();
+                let mut req = json!({
+                    "prompt": c["prompt"],
+                    "media": media,
+                    "max_new_tokens": spec["max_new_tokens"],
+                    "stop_tokens": [spec["eos_token_id"]],
+                });
+                if mode == "beam" {
+                    req["num_beams"] = spec["num_beams"].clone();
+                }
+                batch.push_str(&format!("{req}\n"));
+                want.push((c["input_ids"].clone(), spec["output_ids"].clone()));
+            }
+        }
+        let batch_file = tmp.path().join(format!("{fx}.jsonl"));
+        std::fs::write(&batch_file, &batch).unwrap();
+        for backend in ["tract", "ort-cpu"] {
+            let (ok, out, err) = flamingo(&[
+                "generate",
+                "--model",
+                &model_s,
+                "--batch",
+                &batch_file.display().to_string(),
+                "--backend",
+                backend,
+                "--json",
+            ]);
+            assert!(ok, "{fx} {backend}: {err}");
+            let got = lines(&out);
+            assert_eq!(got.len(), want.len());
+            for (g, (prompt, full)) in got.iter().zip(&want) {
+                assert_eq!(&g["prompt_ids"], prompt);
+                let mut ids: Vec<Value> = g["prompt_ids"].as_array().unwrap().clone();
+                ids.extend(g["generated_ids"].as_array().unwrap().iter().cloned());
+                assert_eq!(&Value::from(ids), full, "{fx} {backend}");
+                assert!(g["text"].is_string());
+            }
+        }
+        // one single-prompt run, and scoring
+        let c = &cases[0];
+        let img = fixture(fx).join(format!("images/img{}.png", c["images"][0]));
+        let (ok, out, err) = flamingo(&[
+            "generate",
+            "--model",
+            &model_s,
+            "--prompt",
+            c["prompt"].as_str().unwrap(),
+            "--image",
+            &img.display().to_string(),
+            "--max-new-tokens",
+            "10",
+            "--json",
+        ]);
+        assert!(ok, "{err}");
+        let g = &lines(&out)[0];
+        let full = c["greedy"]["output_ids"].as_array().unwrap();
+        assert_eq!(
+            g["generated_ids"].as_array().unwrap()[..],
+            full[c["input_ids"].as_array().unwrap().len()..]
+        );
+        let s = cases.iter().find(|c| c["name"] == "scoring").unwrap();
+        let img = fixture(fx).join(format!("images/img{}.png", s["images"][0]));
+        let mut args = vec![
+            "score".to_string(),
+            "--model".into(),
+            model_s.clone(),
+            "--prompt".into(),
+            s["prompt"].as_str().unwrap().into(),
+            "--image".into(),
+            img.display().to_string(),
+            "--json".into(),
+            "--backend".into(),
+            "ort-cpu".into(),
+        ];
+        for cand in s["candidates"].as_array().unwrap() {
+            args.push("--candidate".into());
+            args.push(cand.as_str().unwrap().into());
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let (ok, out, err) = flamingo(&args);
+        assert!(ok, "{err}");
+        let r = &lines(&out)[0];
+        let sums = s["candidate_logprob_sums"].as_array().unwrap();
+        let mut best = (0, f64::MIN);
+        for (i, (c, w)) in r["candidates"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .zip(sums)
+            .enumerate()
+        {
+            let (got, want) = (c["logprob_sum"].as_f64().unwrap(), w.as_f64().unwrap());
+            assert!((got - want).abs() <= 1e-3, "{fx} score {got} vs {want}");
+            assert!(c["num_tokens"].as_u64().unwrap() > 0);
+            if want > best.1 {
+                best = (i, want);
+            }
+        }
+        assert_eq!(r["best"], best.0);
+    }
+}
+
+#[test]
+fn malformed_batch_lines_fail_alone_and_the_rest_complete() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tmp.path().join("m");
+    export("tiny-mpt", &model);
+    let dir = tmp.path().join("req");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::copy(
+        fixture("tiny-mpt").join("images/img0.png"),
+        dir.join("a.png"),
+    )
+    .unwrap();
+    let batch = dir.join("b.jsonl");
+    std::fs::write(
+        &batch,
+        [
+            r#"{"prompt": "<image>a photo of", "media": ["a.png"], "max_new_tokens": 3}"#,
+            r#"{"prompt": "<image>a photo of", "media": ["a.png""#,
+            r#"{"prompt": "<image>x", "media": ["missing.png"]}"#,
+            r#"{"prompt": "<image><image>x", "media": ["a.png"]}"#,
+            r#"{"prompt": "<image>x", "media": ["a.png"], "max_new_tokens": 100000}"#,
+            r#"{"prompt": "<image>a photo of", "media": ["a.png"], "max_new_tokens": 2}"#,
+        ]
+        .join("\n"),
+    )
+    .unwrap();
+    let (ok, out, err) = flamingo(&[
+        "generate",
+        "--model",
+        &model.display().to_string(),
+        "--batch",
+        &batch.display().to_string(),
+        "--json",
+    ]);
+    assert!(!ok, "a batch with failures exits non-zero");
+    assert!(err.contains("4 request(s) failed"), "{err}");
+    let got = lines(&out);
+    assert_eq!(got.len(), 6, "one output line per request, in order");
+    assert_eq!(got[0]["generated_ids"].as_array().unwrap().len(), 3);
+    assert!(got[1]["error"].as_str().unwrap().contains("not valid JSON"));
+    assert!(got[2]["error"].as_str().unwrap().contains("missing.png"));
+    assert!(got[3]["error"]
+        .as_str()
+        .unwrap()
+        .contains("2 <image> marker(s) but 1 media"));
+    assert!(got[4]["error"]
+        .as_str()
+        .unwrap()
+        .contains("longer than the model allows"));
+    assert_eq!(got[5]["generated_ids"].as_array().unwrap().len(), 2);
+}
+
+#[test]
+fn clear_errors_instead_of_panics() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (ok, _, err) = flamingo(&["inspect", &tmp.path().display().to_string()]);
+    assert!(!ok && err.contains("manifest.json"), "{err}");
+    let model = tmp.path().join("m");
+    export("tiny-mpt", &model);
+    let m = model.display().to_string();
+    let notimg = fixture("tiny-mpt").join("cases.json").display().to_string();
+    let (ok, _, err) = flamingo(&[
+        "generate", "--model", &m, "--prompt", "<image>x", "--image", &notimg,
+    ]);
+    assert!(
+        !ok && err.contains("not a readable image") && err.contains("cases.json"),
+        "{err}"
+    );
+    let (ok, _, err) = flamingo(&[
+        "generate",
+        "--model",
+        &m,
+        "--prompt",
+        "no marker",
+        "--image",
+        &notimg,
+    ]);
+    assert!(
+        !ok && err.contains("0 <image> marker(s) but 1 media"),
+        "{err}"
+    );
+    let (ok, _, err) = flamingo(&[
+        "generate",
+        "--model",
+        &m,
+        "--prompt",
+        "x",
+        "--backend",
+        "ort-cuda",
+    ]);
+    assert!(!ok && err.contains("ort-cuda"), "{err}");
+    let (ok, _, err) = flamingo(&[
+        "generate",
+        "--model",
+        &m,
+        "--prompt",
+        "x",
+        "--backend",
+        "nope",
+    ]);
+    assert!(!ok && err.contains("unknown backend"), "{err}");
+    assert!(!err.contains("panicked"));
+}
