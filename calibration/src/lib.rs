@@ -1,4 +1,11 @@
-//! `flamingo-calibration`: precision rewrites over the graph IR (fp16 with
-//! fp32 islands, int8 QDQ, weight-only int8/int4), observers and calibration
-//! caches. The rewrites arrive with the precision work; the crate exists so
-//! that the dependency direction (graphs <- calibration <- cli) is fixed.
+//! `flamingo-calibration`: precision rewrites over the graph IR.
+//!
+//! - [`fp16::to_fp16`]: float16 weights and activations, with float32 islands
+//!   where float16 breaks (norm statistics, softmax, the tanh gates, rotary
+//!   and ALiBi positions: the nodes built under `Scope::fp32`), and an
+//!   fp16-safe attention-mask fill (float constants are clamped to ±65504).
+//!   Graph inputs and outputs stay float32, cast at the boundary.
+
+pub mod convert;
+pub mod dtypes;
+pub mod fp16;

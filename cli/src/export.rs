@@ -31,6 +31,9 @@ pub struct Args {
     /// Replace the output directory if it exists
     #[arg(long)]
     force: bool,
+    /// Graph precision: fp32, or fp16 (float16 with float32 islands)
+    #[arg(long, default_value = "fp32")]
+    precision: String,
     /// Print the manifest as JSON
     #[arg(long)]
     json: bool,
@@ -46,6 +49,14 @@ pub fn run(a: Args) -> Result<()> {
         cross_attn_every_n_layers: a.cross_attn_every_n_layers,
         out: a.out.clone(),
         force: a.force,
+        rewrite: match a.precision.as_str() {
+            "fp32" => None,
+            "fp16" => Some((
+                "fp16".to_string(),
+                flamingo_calibration::fp16::to_fp16 as flamingo_export::Rewrite,
+            )),
+            other => anyhow::bail!("unknown --precision {other} (fp32 or fp16)"),
+        },
     };
     let mut bars = crate::progress::Bars::new(!a.json && std::io::stderr().is_terminal());
     let m = flamingo_export::export(&opts, &mut bars)?;

@@ -1,5 +1,6 @@
 //! `flamingo`: export OpenFlamingo checkpoints to ONNX and run them.
 
+mod convert;
 mod encode;
 mod export;
 mod generate;
@@ -25,6 +26,8 @@ struct Cli {
 enum Command {
     /// Export a release (CLIP weights, LM dir, checkpoint.pt, tokenizer) to ONNX graphs + manifest.
     Export(export::Args),
+    /// Rewrite an fp32 export to another precision (fp16).
+    Convert(convert::Args),
     /// Print an export's manifest readably (or as JSON).
     Inspect(inspect::Args),
     /// Run the vision encoder and resampler on images or videos; write a .safetensors.
@@ -40,6 +43,7 @@ fn main() {
     let result = match cli.command {
         Command::Export(a) => export::run(a),
         Command::Inspect(a) => inspect::run(a),
+        Command::Convert(a) => convert::run(a),
         Command::Encode(a) => encode::run(a),
         Command::Generate(a) => generate::run(a),
         Command::Score(a) => score::run(a),

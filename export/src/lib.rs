@@ -13,6 +13,7 @@
 //!     cross_attn_every_n_layers: 1,
 //!     out: "exported".into(),
 //!     force: false,
+//!     rewrite: None,
 //! };
 //! let manifest = export(&opts, &mut NoProgress)?;
 //! println!("{}", manifest.graphs.len());
@@ -24,6 +25,7 @@ mod error;
 pub mod family;
 pub mod lm;
 pub mod manifest;
+pub mod onnx_read;
 pub mod pickle;
 pub mod safetensors;
 pub mod store;
@@ -34,4 +36,7 @@ pub mod zip;
 pub use error::{Error, Result};
 pub use manifest::Manifest;
 pub use store::TensorStore;
-pub use write::{export, sha256_file, ExportOptions, NoProgress, Progress, Release};
+pub use write::{
+    export, hash_files, replace_dir, sha256_file, temp_dir_for, ExportOptions, NoProgress,
+    Progress, Release, Rewrite,
+};

@@ -11,12 +11,19 @@ use crate::config::PreprocessConfig;
 use crate::error::{io_err, Error, Result};
 
 pub const FORMAT_VERSION: u32 = 1;
+
+fn fp32() -> String {
+    "fp32".into()
+}
 pub const FILE_NAME: &str = "manifest.json";
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Manifest {
     pub format_version: u32,
     pub producer: String,
+    /// `fp32`, `fp16`, `int8-weights`, ...: how the graphs were rewritten.
+    #[serde(default = "fp32")]
+    pub precision: String,
     pub model: ModelInfo,
     pub preprocess: PreprocessConfig,
     pub special_tokens: SpecialTokens,

@@ -41,7 +41,13 @@ pub struct ExportOptions {
     pub out: PathBuf,
     /// Replace `out` if it exists.
     pub force: bool,
+    /// A precision rewrite applied to every graph before it is written
+    /// (`flamingo_calibration::fp16::to_fp16`), and its name for the manifest.
+    pub rewrite: Option<(String, Rewrite)>,
 }
+
+/// A graph-to-graph rewrite (precision tools).
+pub type Rewrite = fn(&Graph) -> std::result::Result<Graph, String>;
 
 /// Receives progress while graphs are written.
 pub trait Progress {
@@ -337,6 +343,18 @@ fn write_all(
         ("media_kv", build_media_kv_graph(&r.store, &r.decoder)?),
         ("decoder", build_decoder_graph(&r.store, &r.decoder)?),
     ];
+    let graphs = match &opts.rewrite {
+        None => graphs,
+        Some((name, f)) => graphs
+            .into_iter()
+            .map(|(role, g)| {
+                f(&g).map(|g| (role, g)).map_err(|message| Error::Config {
+                    path: format!("{role} graph"),
+                    message: format!("{name} rewrite failed: {message}"),
+                })
+            })
+            .collect::<Result<Vec<_>>>()?,
+    };
     let mut infos = BTreeMap::new();
     for (role, g) in &graphs {
         progress.stage(role, g.weight_bytes() as u64);
@@ -373,6 +391,11 @@ fn write_all(
     let mut m = Manifest {
         format_version: manifest::FORMAT_VERSION,
         producer: format!("flamingo {}", env!("CARGO_PKG_VERSION")),
+        precision: opts
+            .rewrite
+            .as_ref()
+            .map(|r| r.0.clone())
+            .unwrap_or_else(|| "fp32".into()),
         model: ModelInfo {
             family: r.lm.model_type.clone(),
             cross_attn_every_n_layers: opts.cross_attn_every_n_layers,
@@ -458,7 +481,7 @@ pub fn sha256_file(path: &Path) -> Result<String> {
 }
 
 /// A fresh temporary directory beside `out` (same filesystem, so rename works).
-fn temp_dir_for(out: &Path) -> Result<PathBuf> {
+pub fn temp_dir_for(out: &Path) -> Result<PathBuf> {
     let parent = match out.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),

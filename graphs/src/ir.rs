@@ -65,7 +65,14 @@ pub struct Node {
     pub inputs: Vec<String>,
     pub outputs: Vec<String>,
     pub attrs: Vec<(String, Attr)>,
+    /// Must run in float32 even in a reduced-precision graph (norm
+    /// statistics, softmax, gates, positions). Written as the node's
+    /// doc string [`KEEP_FP32`].
+    pub keep_fp32: bool,
 }
+
+/// Doc string marking a node that stays float32 under precision rewrites.
+pub const KEEP_FP32: &str = "flamingo:keep_fp32";
 
 /// A finished graph, ready to be written or rewritten.
 #[derive(Clone, Debug)]
@@ -158,6 +165,7 @@ impl GraphBuilder {
             inputs: vec![src],
             outputs: vec![name.to_string()],
             attrs: vec![],
+            keep_fp32: true,
         });
         self.value_names.insert(name.to_string());
         self.outputs.push(IoSpec {
@@ -173,6 +181,7 @@ impl GraphBuilder {
             b: self,
             w,
             path: path.to_string(),
+            keep_fp32: false,
         }
     }
 
@@ -238,6 +247,7 @@ pub struct Scope<'a> {
     pub(crate) b: &'a mut GraphBuilder,
     w: &'a dyn WeightSource,
     path: String,
+    keep_fp32: bool,
 }
 
 impl<'a> Scope<'a> {
@@ -248,6 +258,18 @@ impl<'a> Scope<'a> {
             b: self.b,
             w: self.w,
             path,
+            keep_fp32: self.keep_fp32,
+        }
+    }
+
+    /// The same path, but every node made through it stays float32 under
+    /// precision rewrites (an fp32 island).
+    pub fn fp32(&mut self) -> Scope<'_> {
+        Scope {
+            b: self.b,
+            w: self.w,
+            path: self.path.clone(),
+            keep_fp32: true,
         }
     }
 
@@ -372,6 +394,7 @@ impl<'a> Scope<'a> {
             inputs,
             outputs: outs,
             attrs: attrs.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
+            keep_fp32: self.keep_fp32,
         });
         values
     }

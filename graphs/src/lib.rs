@@ -25,5 +25,5 @@ mod proto;
 mod tensor;
 
 pub use error::{Error, Result};
-pub use ir::{Attr, Dim, Graph, GraphBuilder, IoSpec, Node, Scope, Value};
+pub use ir::{Attr, Dim, Graph, GraphBuilder, IoSpec, Node, Scope, Value, KEEP_FP32};
 pub use tensor::{DType, LoadFn, NoWeights, Tensor, TensorData, WeightSource};

@@ -174,6 +174,9 @@ fn node_proto(n: &Node) -> Msg {
     for (k, a) in &n.attrs {
         m.msg(5, attr_proto(k, a));
     }
+    if n.keep_fp32 {
+        m.str(6, crate::ir::KEEP_FP32);
+    }
     if !n.domain.is_empty() {
         m.str(7, &n.domain);
     }

@@ -14,7 +14,7 @@
 //! #     clip: fixture.join("clip/open_clip_pytorch_model.bin"), vision_preset: None,
 //! #     lm: fixture.join("lm"), checkpoint: fixture.join("checkpoint.pt"),
 //! #     tokenizer: fixture.join("tokenizer"), cross_attn_every_n_layers: 1,
-//! #     out: dir.clone(), force: true }, &mut flamingo_export::NoProgress)?;
+//! #     out: dir.clone(), force: true, rewrite: None }, &mut flamingo_export::NoProgress)?;
 //! # let (cat, dog) = (fixture.join("images/img1.png"), fixture.join("images/img0.png"));
 //! // `dir` is a directory written by `flamingo export`
 //! let mut flamingo = Pipeline::load(&dir, BackendKind::Tract)?;

@@ -73,7 +73,18 @@ impl Session for TractSession {
             };
             tv.push(t.into());
         }
-        let out = self.plan.run(tv).map_err(err)?;
+        // tract asserts on some malformed graphs: report, don't abort
+        let plan = self.plan.clone();
+        let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || plan.run(tv)))
+            .map_err(|p| {
+                let msg = p
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_else(|| "unknown panic".into());
+                err(format!("tract failed while running the graph ({msg}); re-export the model with this version"))
+            })?
+            .map_err(err)?;
         let mut res = HashMap::new();
         for (name, v) in self.outputs.iter().zip(out) {
             let t = v.into_tensor();

@@ -48,6 +48,7 @@ pub fn export_options(name: &str, out: &Path) -> Result<ExportOptions> {
         cross_attn_every_n_layers: n,
         out: out.to_path_buf(),
         force: false,
+        rewrite: None,
     })
 }
 
@@ -130,4 +131,47 @@ pub fn indices(v: &serde_json::Value) -> Vec<usize> {
                 .collect()
         })
         .unwrap_or_default()
+}
+
+static CONVERTED: OnceLock<Mutex<HashMap<String, PathBuf>>> = OnceLock::new();
+
+/// The fixture's fp32 export rewritten with `flamingo convert` semantics
+/// (`tag` names the rewrite), once per test process.
+pub fn converted(
+    name: &str,
+    tag: &str,
+    rewrite: flamingo_calibration::convert::RoleRewrite,
+) -> Result<PathBuf> {
+    let src = exported(name)?;
+    let map = CONVERTED.get_or_init(Default::default);
+    let mut map = map
+        .lock()
+        .map_err(|_| anyhow::anyhow!("convert lock poisoned"))?;
+    let key = format!("{name}-{tag}");
+    if let Some(p) = map.get(&key) {
+        return Ok(p.clone());
+    }
+    let out = scratch().join(format!("convert-{key}"));
+    flamingo_calibration::convert::convert(&src, &out, false, tag, rewrite, &mut NoProgress)
+        .with_context(|| format!("converting {name} to {tag}"))?;
+    map.insert(key, out.clone());
+    Ok(out)
+}
+
+/// Cosine similarity of two equally shaped arrays.
+pub fn cosine(a: &ndarray::ArrayD<f32>, b: &ndarray::ArrayD<f32>) -> Result<f64> {
+    anyhow::ensure!(
+        a.shape() == b.shape(),
+        "shape {:?} != {:?}",
+        a.shape(),
+        b.shape()
+    );
+    let (mut ab, mut aa, mut bb) = (0f64, 0f64, 0f64);
+    for (x, y) in a.iter().zip(b.iter()) {
+        let (x, y) = (*x as f64, *y as f64);
+        ab += x * y;
+        aa += x * x;
+        bb += y * y;
+    }
+    Ok(ab / (aa.sqrt() * bb.sqrt()).max(1e-30))
 }

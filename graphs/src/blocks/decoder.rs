@@ -181,6 +181,7 @@ fn norm(s: &mut Scope, kind: &NormKind, x: Value, dim: usize, eps: f32) -> Resul
     match kind {
         NormKind::LayerNorm { bias } => layer_norm(s, x, dim, eps, *bias),
         NormKind::RmsNorm => {
+            let s = &mut s.fp32();
             let w = s.weight("weight", &[dim])?;
             let sq = s.mul(x, x);
             let var = s.node(
@@ -237,6 +238,7 @@ fn shared(s: &mut Scope, cfg: &DecoderConfig, inp: &DecoderInputs) -> Result<Sha
 
     let alibi = match cfg.position {
         PositionKind::Alibi { bias_max } => {
+            let s = &mut s.fp32();
             let slopes = alibi_slopes(cfg.heads, bias_max);
             let sl = s.constant(crate::Tensor::from_f32(vec![cfg.heads, 1, 1], &slopes));
             let last = s.sub(total, one);
@@ -248,6 +250,7 @@ fn shared(s: &mut Scope, cfg: &DecoderConfig, inp: &DecoderInputs) -> Result<Sha
     };
     let rotary = match (&cfg.position, inp.position_ids) {
         (PositionKind::Rotary { dims, base }, Some(pos)) => {
+            let s = &mut s.fp32();
             let half = dims / 2;
             let inv: Vec<f32> = (0..half)
                 .map(|i| 1.0 / base.powf((2 * i) as f32 / *dims as f32))
@@ -398,7 +401,7 @@ fn self_attention(
             scores = s.add(scores, a);
         }
         let scores = s.where_(sh.allowed, scores, sh.fill);
-        let p = s.softmax(scores, -1);
+        let p = s.fp32().softmax(scores, -1);
         s.matmul(p, v)
     } else {
         // grouped-query attention: q [B,Hkv,rep,S,Dh] against k, v [B,Hkv,1,K,Dh]
@@ -415,7 +418,7 @@ fn self_attention(
         }
         let m5 = s.unsqueeze(sh.allowed, &[1]);
         let scores = s.where_(m5, scores, sh.fill);
-        let p = s.softmax(scores, -1);
+        let p = s.fp32().softmax(scores, -1);
         let o = s.matmul(p, v5);
         s.reshape(o, &[0, nh as i64, -1, hd as i64])
     };
@@ -463,7 +466,7 @@ fn gated_xattn(
         let kt = a.transpose(kv.0, &[0, 1, 3, 2]);
         let sim = a.matmul(q, kt);
         let sim = a.where_(sh.xmask, sim, sh.neg_max);
-        let p = a.softmax(sim, -1);
+        let p = a.fp32().softmax(sim, -1);
         let zero = a.scalar_f32(0.0);
         let p = a.where_(sh.no_media, zero, p);
         let o = a.matmul(p, kv.1);
@@ -471,12 +474,12 @@ fn gated_xattn(
         linear(&mut a.pp("to_out"), o, inner, d, false)?
     };
     let ag = s.weight("attn_gate", &[1])?;
-    let ag = s.tanh(ag);
+    let ag = s.fp32().tanh(ag);
     let a = s.mul(a, ag);
     let x = s.add(a, x);
     let f = feed_forward(&mut s.pp("ff"), d, xc.ff_mult * d, xc.eps, x)?;
     let fg = s.weight("ff_gate", &[1])?;
-    let fg = s.tanh(fg);
+    let fg = s.fp32().tanh(fg);
     let f = s.mul(f, fg);
     Ok(s.add(f, x))
 }

@@ -25,7 +25,7 @@ pub fn layer_norm(s: &mut Scope, x: Value, dim: usize, eps: f32, bias: bool) -> 
     } else {
         s.constant(crate::Tensor::from_f32(vec![dim], &vec![0.0; dim]))
     };
-    Ok(s.layer_norm_op(x, w, Some(b), eps))
+    Ok(s.fp32().layer_norm_op(x, w, Some(b), eps))
 }
 
 /// Exact GELU: `0.5 x (1 + erf(x / sqrt 2))` (torch's default `nn.GELU`).
@@ -107,6 +107,6 @@ pub fn sdpa(s: &mut Scope, q: Value, k: Value, v: Value, o: &SdpaOpts) -> Value 
         Some(b) => s.add(scores, b),
         None => scores,
     };
-    let p = s.softmax(scores, -1);
+    let p = s.fp32().softmax(scores, -1);
     s.matmul(p, v)
 }

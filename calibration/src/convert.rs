@@ -1,0 +1,104 @@
+//! Rewrites an existing export into a new one (`flamingo convert`): every
+//! graph is read back, rewritten, and written with a fresh manifest, into a
+//! temporary directory renamed into place on success.
+
+use std::path::Path;
+
+use flamingo_export::manifest::{self, Manifest};
+use flamingo_export::{onnx_read, Error, Progress, Result};
+use flamingo_graphs::onnx::{self, WriteOptions};
+use flamingo_graphs::Graph;
+
+/// A named rewrite applied to each graph role; `None` keeps a graph as is.
+pub type RoleRewrite<'a> = &'a dyn Fn(&str, &Graph) -> std::result::Result<Option<Graph>, String>;
+
+/// Converts the export at `input` into `out` with `rewrite`, recording `precision`.
+pub fn convert(
+    input: &Path,
+    out: &Path,
+    force: bool,
+    precision: &str,
+    rewrite: RoleRewrite,
+    progress: &mut dyn Progress,
+) -> Result<Manifest> {
+    let mut m = Manifest::load(input)?;
+    if out.exists() && !force {
+        return Err(Error::OutputExists {
+            path: out.display().to_string(),
+        });
+    }
+    if input.canonicalize().ok() == out.canonicalize().ok() {
+        return Err(Error::Config {
+            path: out.display().to_string(),
+            message: "the output must differ from the input".into(),
+        });
+    }
+    let tmp = flamingo_export::temp_dir_for(out)?;
+    let result = (|| -> Result<Manifest> {
+        for (role, info) in m.graphs.clone() {
+            let (g, opsets) = onnx_read::read(&input.join(&info.file))?;
+            let g = match rewrite(&role, &g).map_err(|message| Error::Config {
+                path: info.file.clone(),
+                message: format!("{precision} rewrite failed: {message}"),
+            })? {
+                Some(new) => new,
+                None => g,
+            };
+            let mut opts = WriteOptions {
+                extra_opsets: opsets,
+                ..Default::default()
+            };
+            if g.nodes.iter().any(|n| n.domain == "com.microsoft")
+                && !opts.extra_opsets.iter().any(|o| o.0 == "com.microsoft")
+            {
+                opts.extra_opsets.push(("com.microsoft".into(), 1));
+            }
+            progress.stage(&role, g.weight_bytes() as u64);
+            let written = onnx::write(&g, &tmp, &info.file, &opts, &mut |n| progress.advance(n))?;
+            let gi = m.graphs.get_mut(&role).ok_or_else(|| Error::Config {
+                path: role.clone(),
+                message: "graph vanished".into(),
+            })?;
+            gi.data_file = written
+                .data
+                .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()));
+            gi.inputs = g.inputs.iter().map(Into::into).collect();
+            gi.outputs = g.outputs.iter().map(Into::into).collect();
+            gi.doc = g.doc.clone();
+        }
+        let tok = input.join("tokenizer");
+        if tok.is_dir() {
+            let dst = tmp.join("tokenizer");
+            std::fs::create_dir_all(&dst).map_err(|e| io(&dst, e))?;
+            for e in std::fs::read_dir(&tok).map_err(|e| io(&tok, e))? {
+                let p = e.map_err(|e| io(&tok, e))?.path();
+                if let Some(name) = p.file_name() {
+                    std::fs::copy(&p, dst.join(name)).map_err(|e| io(&p, e))?;
+                }
+            }
+        }
+        m.precision = precision.to_string();
+        m.files = flamingo_export::hash_files(&tmp, &tmp)?;
+        let path = tmp.join(manifest::FILE_NAME);
+        std::fs::write(&path, m.to_json()).map_err(|e| io(&path, e))?;
+        Ok(m.clone())
+    })();
+    match result {
+        Ok(m) => {
+            flamingo_export::replace_dir(&tmp, out)?;
+            progress.finish();
+            Ok(m)
+        }
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&tmp);
+            Err(e)
+        }
+    }
+}
+
+fn io(p: &Path, source: std::io::Error) -> Error {
+    Error::Io {
+        path: p.display().to_string(),
+        source,
+    }
+}
