@@ -65,6 +65,11 @@ pub fn convert(
             gi.inputs = g.inputs.iter().map(Into::into).collect();
             gi.outputs = g.outputs.iter().map(Into::into).collect();
             gi.doc = g.doc.clone();
+            gi.requires = g
+                .nodes
+                .iter()
+                .any(|n| n.domain == "com.microsoft")
+                .then(|| "onnxruntime".to_string());
         }
         let tok = input.join("tokenizer");
         if tok.is_dir() {

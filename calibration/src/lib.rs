@@ -6,6 +6,8 @@
 //!   fp16-safe attention-mask fill (float constants are clamped to ±65504).
 //!   Graph inputs and outputs stay float32, cast at the boundary.
 
+pub mod compare;
 pub mod convert;
 pub mod dtypes;
 pub mod fp16;
+pub mod weights;

@@ -1,5 +1,6 @@
 //! `flamingo`: export OpenFlamingo checkpoints to ONNX and run them.
 
+mod compare;
 mod convert;
 mod encode;
 mod export;
@@ -7,6 +8,7 @@ mod generate;
 mod inspect;
 mod media;
 mod progress;
+mod quantize;
 mod score;
 
 use clap::{Parser, Subcommand};
@@ -28,6 +30,10 @@ enum Command {
     Export(export::Args),
     /// Rewrite an fp32 export to another precision (fp16).
     Convert(convert::Args),
+    /// Weight-only quantisation of an fp32 export (int8 portable, int4 ONNX Runtime only).
+    Quantize(quantize::Args),
+    /// Compare two exports of a model (e.g. fp32 and int8) on requests: per graph and end to end.
+    Compare(compare::Args),
     /// Print an export's manifest readably (or as JSON).
     Inspect(inspect::Args),
     /// Run the vision encoder and resampler on images or videos; write a .safetensors.
@@ -44,6 +50,8 @@ fn main() {
         Command::Export(a) => export::run(a),
         Command::Inspect(a) => inspect::run(a),
         Command::Convert(a) => convert::run(a),
+        Command::Quantize(a) => quantize::run(a),
+        Command::Compare(a) => compare::run(a),
         Command::Encode(a) => encode::run(a),
         Command::Generate(a) => generate::run(a),
         Command::Score(a) => score::run(a),

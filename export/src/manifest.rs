@@ -153,6 +153,10 @@ pub struct SpecialTokens {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct GraphInfo {
     pub file: String,
+    /// Set when the graph uses operators only one runtime has
+    /// (`onnxruntime` for `com.microsoft` ops such as `MatMulNBits`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requires: Option<String>,
     pub data_file: Option<String>,
     pub inputs: Vec<TensorInfo>,
     pub outputs: Vec<TensorInfo>,

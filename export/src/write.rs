@@ -366,6 +366,7 @@ fn write_all(
             role.to_string(),
             GraphInfo {
                 file,
+                requires: None,
                 data_file: written
                     .data
                     .as_ref()

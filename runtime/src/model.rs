@@ -59,7 +59,18 @@ impl Model {
         be: &dyn Backend,
         kind: BackendKind,
     ) -> Result<Model> {
-        let path = |role: &str| -> Result<PathBuf> { Ok(dir.join(&manifest.graph(role)?.file)) };
+        let path = |role: &str| -> Result<PathBuf> {
+            let g = manifest.graph(role)?;
+            if let (Some(req), BackendKind::Tract) = (&g.requires, kind) {
+                return Err(Error::Input(format!(
+                    "{}: the `{role}` graph ({}) needs {req} (it uses ONNX Runtime contrib operators such as \
+                     MatMulNBits); run it with --backend ort-cpu",
+                    dir.display(),
+                    manifest.precision
+                )));
+            }
+            Ok(dir.join(&g.file))
+        };
         let vision = be.load(&path("vision_encoder")?)?;
         let resampler = be.load(&path("resampler")?)?;
         let media_kv = be.load(&path("media_kv")?)?;

@@ -1,0 +1,357 @@
+//! Weight-only quantisation of MatMul / Gemm weights.
+//!
+//! - int8: per-output-channel symmetric int8 weights with a standard
+//!   `DequantizeLinear` in front of the unchanged MatMul (portable: tract and
+//!   ONNX Runtime run it). The dequantized value keeps the weight's name.
+//! - int4: ONNX Runtime's `com.microsoft.MatMulNBits` (4 bits, blocks of
+//!   `block_size` along K, asymmetric with packed zero points). Such graphs
+//!   are ONNX-Runtime-only.
+//!
+//! Only float32 initializers read solely as the weight of a MatMul (`[K, N]`)
+//! or (int8 only) of a `Gemm` with `transB = 1` (`[N, K]`, the LM head) are
+//! quantised; embeddings read by `Gather` (and a head tied to them) stay
+//! float32, and so does the LM head at 4 bits.
+
+use std::collections::HashMap;
+
+use flamingo_graphs::{Attr, DType, Graph, Node, Tensor};
+
+/// What to quantise weights to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WeightBits {
+    Int8,
+    Int4 { block_size: usize },
+}
+
+impl WeightBits {
+    pub fn name(self) -> &'static str {
+        match self {
+            WeightBits::Int8 => "int8-weights",
+            WeightBits::Int4 { .. } => "int4-weights",
+        }
+    }
+}
+
+fn f32s(t: &Tensor) -> Result<Vec<f32>, String> {
+    t.to_f32_vec()
+}
+
+/// `[rows, cols]` f32 -> per-row symmetric int8 and scales.
+fn int8_rows(w: &[f32], rows: usize, cols: usize) -> (Vec<u8>, Vec<f32>) {
+    let mut q = vec![0u8; rows * cols];
+    let mut scales = vec![0f32; rows];
+    for r in 0..rows {
+        let row = &w[r * cols..(r + 1) * cols];
+        let amax = row.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let s = if amax > 0.0 { amax / 127.0 } else { 1.0 };
+        scales[r] = s;
+        for (c, v) in row.iter().enumerate() {
+            q[r * cols + c] = ((v / s).round().clamp(-127.0, 127.0) as i8) as u8;
+        }
+    }
+    (q, scales)
+}
+
+/// Asymmetric 4-bit (scale, zero point) of a block: the min/max range shrunk
+/// by the ratio (1.0 down to 0.7) that gives the least squared error.
+fn best_range(vals: &[f32]) -> (f32, u8) {
+    let mn0 = vals.iter().fold(0f32, |m, v| m.min(*v));
+    let mx0 = vals.iter().fold(0f32, |m, v| m.max(*v));
+    let mut best = (f32::INFINITY, 1.0f32, 0u8);
+    for step in 0..=6 {
+        let ratio = 1.0 - 0.05 * step as f32;
+        let (mn, mx) = (mn0 * ratio, mx0 * ratio);
+        let scale = if mx > mn { (mx - mn) / 15.0 } else { 1.0 };
+        let zp = (-mn / scale).round().clamp(0.0, 15.0) as u8;
+        let err: f32 = vals
+            .iter()
+            .map(|v| {
+                let q = ((v / scale).round() + zp as f32).clamp(0.0, 15.0);
+                let d = (q - zp as f32) * scale - v;
+                d * d
+            })
+            .sum();
+        if err < best.0 {
+            best = (err, scale, zp);
+        }
+    }
+    (best.1, best.2)
+}
+
+/// `[N, K]` f32 rows -> MatMulNBits blobs `[N, blocks, bs/2]`, scales `[N*blocks]`,
+/// zero points `[N * ceil(blocks/2)]`.
+fn int4_rows(w: &[f32], n: usize, k: usize, bs: usize) -> (Vec<u8>, Vec<f32>, Vec<u8>) {
+    let blocks = k.div_ceil(bs);
+    let zp_row = blocks.div_ceil(2);
+    let mut packed = vec![0u8; n * blocks * bs / 2];
+    let mut scales = vec![0f32; n * blocks];
+    let mut zps = vec![0u8; n * zp_row];
+    for r in 0..n {
+        for b in 0..blocks {
+            let vals: Vec<f32> = (0..bs)
+                .map(|i| {
+                    let kk = b * bs + i;
+                    if kk < k {
+                        w[r * k + kk]
+                    } else {
+                        0.0
+                    }
+                })
+                .collect();
+            let (scale, zp) = best_range(&vals);
+            scales[r * blocks + b] = scale;
+            let zi = r * zp_row + b / 2;
+            zps[zi] |= if b % 2 == 0 { zp } else { zp << 4 };
+            for (i, v) in vals.iter().enumerate() {
+                let q = ((v / scale).round() + zp as f32).clamp(0.0, 15.0) as u8;
+                let byte = (r * blocks + b) * bs / 2 + i / 2;
+                packed[byte] |= if i % 2 == 0 { q } else { q << 4 };
+            }
+        }
+    }
+    (packed, scales, zps)
+}
+
+fn lazy(
+    dtype: DType,
+    shape: Vec<usize>,
+    src: Tensor,
+    f: impl Fn(&[f32]) -> Vec<u8> + Send + Sync + 'static,
+) -> Tensor {
+    src.map(dtype, shape, move |b| {
+        let v: Vec<f32> = b
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
+        f(&v)
+    })
+}
+
+/// Quantises the eligible weights of `g`.
+pub fn quantize_weights(g: &Graph, bits: WeightBits) -> Result<Graph, String> {
+    if let WeightBits::Int4 { block_size } = bits {
+        if block_size < 16 || !block_size.is_power_of_two() {
+            return Err(format!(
+                "block size {block_size} must be a power of two, at least 16"
+            ));
+        }
+    }
+    let inits: HashMap<&str, &Tensor> = g
+        .initializers
+        .iter()
+        .map(|(n, t)| (n.as_str(), t))
+        .collect();
+    // how each initializer is read
+    let mut uses: HashMap<&str, Vec<(usize, usize)>> = HashMap::new();
+    for (ni, n) in g.nodes.iter().enumerate() {
+        for (ii, i) in n.inputs.iter().enumerate() {
+            if inits.contains_key(i.as_str()) {
+                uses.entry(i.as_str()).or_default().push((ni, ii));
+            }
+        }
+    }
+    let trans_b = |n: &Node| {
+        n.attrs
+            .iter()
+            .any(|(k, a)| k == "transB" && matches!(a, Attr::Int(1)))
+    };
+    // weight name -> (node index, transposed [N,K] layout)
+    let mut targets: HashMap<String, (usize, bool)> = HashMap::new();
+    for (name, u) in &uses {
+        let t = inits[name];
+        if t.dtype != DType::F32 || t.shape.len() != 2 || u.len() != 1 || u[0].1 != 1 {
+            continue;
+        }
+        let n = &g.nodes[u[0].0];
+        match n.op_type.as_str() {
+            "MatMul" => {
+                targets.insert(name.to_string(), (u[0].0, false));
+            }
+            // the LM head stays float32 at 4 bits (as ONNX Runtime's own
+            // 4-bit quantiser does): it dominates the logits' error
+            "Gemm" if trans_b(n) && n.inputs.len() == 2 && bits == WeightBits::Int8 => {
+                targets.insert(name.to_string(), (u[0].0, true));
+            }
+            _ => {}
+        }
+    }
+    let mut initializers = Vec::new();
+    let mut extra_nodes: Vec<(usize, Node)> = Vec::new();
+    let mut replaced_nodes: HashMap<usize, Node> = HashMap::new();
+    for (name, t) in &g.initializers {
+        let Some(&(ni, nk_layout)) = targets.get(name) else {
+            initializers.push((name.clone(), t.clone()));
+            continue;
+        };
+        let (r, c) = (t.shape[0], t.shape[1]);
+        // rows = output channels
+        let (n_out, k_in) = if nk_layout { (r, c) } else { (c, r) };
+        let src = if nk_layout {
+            t.clone()
+        } else {
+            t.clone().transpose_2d().map_err(|e| e.to_string())?
+        };
+        match bits {
+            WeightBits::Int8 => {
+                let qn = format!("{name}.qweight");
+                let sn = format!("{name}.scale");
+                let zn = format!("{name}.zero_point");
+                let q = lazy(DType::I8, vec![n_out, k_in], src.clone(), move |w| {
+                    int8_rows(w, n_out, k_in).0
+                });
+                // scales computed eagerly (small), from the same values
+                let w = f32s(&src)?;
+                let (_, scales) = int8_rows(&w, n_out, k_in);
+                // dequantize to [N, K] then, for MatMul, transpose back to [K, N]
+                initializers.push((qn.clone(), q));
+                initializers.push((sn.clone(), Tensor::from_f32(vec![n_out], &scales)));
+                initializers.push((
+                    zn.clone(),
+                    Tensor {
+                        dtype: DType::I8,
+                        shape: vec![n_out],
+                        data: flamingo_graphs::TensorData::Bytes(std::sync::Arc::new(vec![
+                            0u8;
+                            n_out
+                        ])),
+                    },
+                ));
+                let deq_out = if nk_layout {
+                    name.clone()
+                } else {
+                    format!("{name}/dequantized")
+                };
+                extra_nodes.push((
+                    ni,
+                    Node {
+                        name: format!("{name}/DequantizeLinear"),
+                        op_type: "DequantizeLinear".into(),
+                        domain: String::new(),
+                        inputs: vec![qn, sn, zn],
+                        outputs: vec![deq_out.clone()],
+                        attrs: vec![("axis".into(), Attr::Int(0))],
+                        keep_fp32: false,
+                    },
+                ));
+                if !nk_layout {
+                    extra_nodes.push((
+                        ni,
+                        Node {
+                            name: format!("{name}/Transpose"),
+                            op_type: "Transpose".into(),
+                            domain: String::new(),
+                            inputs: vec![deq_out],
+                            outputs: vec![name.clone()],
+                            attrs: vec![("perm".into(), Attr::Ints(vec![1, 0]))],
+                            keep_fp32: false,
+                        },
+                    ));
+                }
+            }
+            WeightBits::Int4 { block_size } => {
+                let blocks = k_in.div_ceil(block_size);
+                let w = f32s(&src)?;
+                let (_, scales, zps) = int4_rows(&w, n_out, k_in, block_size);
+                let qn = format!("{name}.qweight");
+                let sn = format!("{name}.scales");
+                let zn = format!("{name}.zero_points");
+                let q = lazy(
+                    DType::U8,
+                    vec![n_out, blocks, block_size / 2],
+                    src,
+                    move |w| int4_rows(w, n_out, k_in, block_size).0,
+                );
+                initializers.push((qn.clone(), q));
+                initializers.push((sn.clone(), Tensor::from_f32(vec![n_out * blocks], &scales)));
+                let zlen = zps.len();
+                initializers.push((
+                    zn.clone(),
+                    Tensor {
+                        dtype: DType::U8,
+                        shape: vec![zlen],
+                        data: flamingo_graphs::TensorData::Bytes(std::sync::Arc::new(zps)),
+                    },
+                ));
+                let old = &g.nodes[ni];
+                replaced_nodes.insert(
+                    ni,
+                    Node {
+                        name: old.name.clone(),
+                        op_type: "MatMulNBits".into(),
+                        domain: "com.microsoft".into(),
+                        inputs: vec![old.inputs[0].clone(), qn, sn, zn],
+                        outputs: old.outputs.clone(),
+                        attrs: vec![
+                            ("K".into(), Attr::Int(k_in as i64)),
+                            ("N".into(), Attr::Int(n_out as i64)),
+                            ("bits".into(), Attr::Int(4)),
+                            ("block_size".into(), Attr::Int(block_size as i64)),
+                        ],
+                        keep_fp32: false,
+                    },
+                );
+            }
+        }
+    }
+    let mut nodes = Vec::with_capacity(g.nodes.len() + extra_nodes.len());
+    let mut extra: HashMap<usize, Vec<Node>> = HashMap::new();
+    for (i, n) in extra_nodes {
+        extra.entry(i).or_default().push(n);
+    }
+    for (i, n) in g.nodes.iter().enumerate() {
+        if let Some(pre) = extra.remove(&i) {
+            nodes.extend(pre);
+        }
+        nodes.push(replaced_nodes.remove(&i).unwrap_or_else(|| n.clone()));
+    }
+    Ok(Graph {
+        name: g.name.clone(),
+        doc: format!("{} ({})", g.doc, bits.name()),
+        inputs: g.inputs.clone(),
+        outputs: g.outputs.clone(),
+        nodes,
+        initializers,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn int4_packing_dequantizes_within_half_a_step() {
+        let (n, k, bs) = (3, 40, 16);
+        let w: Vec<f32> = (0..n * k)
+            .map(|i| ((i * 37 % 23) as f32 - 11.0) / 7.0)
+            .collect();
+        let (packed, scales, zps) = int4_rows(&w, n, k, bs);
+        let blocks = k.div_ceil(bs);
+        for r in 0..n {
+            for kk in 0..k {
+                let b = kk / bs;
+                let i = kk % bs;
+                let byte = packed[(r * blocks + b) * bs / 2 + i / 2];
+                let q = if i % 2 == 0 { byte & 15 } else { byte >> 4 };
+                let zb = zps[r * blocks.div_ceil(2) + b / 2];
+                let zp = if b % 2 == 0 { zb & 15 } else { zb >> 4 };
+                let s = scales[r * blocks + b];
+                let deq = (q as f32 - zp as f32) * s;
+                // within half a step, or clipped to the range edge
+                let v = w[r * k + kk];
+                assert!(
+                    (deq - v).abs() <= s * 0.5 + 1e-6 || q == 0 || q == 15,
+                    "{deq} vs {v}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn int8_rows_are_symmetric_per_channel() {
+        let w = [1.0f32, -2.0, 0.5, 4.0, 0.0, -4.0];
+        let (q, s) = int8_rows(&w, 2, 3);
+        assert_eq!(s, vec![2.0 / 127.0, 4.0 / 127.0]);
+        assert_eq!(q[1] as i8, -127);
+        assert_eq!(q[3] as i8, 127);
+    }
+}
