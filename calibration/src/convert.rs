@@ -21,6 +21,20 @@ pub fn convert(
     rewrite: RoleRewrite,
     progress: &mut dyn Progress,
 ) -> Result<Manifest> {
+    convert_with(input, out, force, precision, rewrite, &|_| Ok(()), progress)
+}
+
+/// [`convert`], calling `extra` with the (temporary) output directory before
+/// it is hashed and renamed, to add files of its own.
+pub fn convert_with(
+    input: &Path,
+    out: &Path,
+    force: bool,
+    precision: &str,
+    rewrite: RoleRewrite,
+    extra: &dyn Fn(&Path) -> Result<()>,
+    progress: &mut dyn Progress,
+) -> Result<Manifest> {
     let mut m = Manifest::load(input)?;
     if out.exists() && !force {
         return Err(Error::OutputExists {
@@ -82,6 +96,7 @@ pub fn convert(
                 }
             }
         }
+        extra(&tmp)?;
         m.precision = precision.to_string();
         m.files = flamingo_export::hash_files(&tmp, &tmp)?;
         let path = tmp.join(manifest::FILE_NAME);

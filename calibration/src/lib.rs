@@ -6,8 +6,12 @@
 //!   fp16-safe attention-mask fill (float constants are clamped to ±65504).
 //!   Graph inputs and outputs stay float32, cast at the boundary.
 
+pub mod calibrate;
 pub mod compare;
 pub mod convert;
 pub mod dtypes;
 pub mod fp16;
+pub mod observe;
+pub mod qdq;
+pub mod tables;
 pub mod weights;

@@ -1,5 +1,6 @@
 //! `flamingo`: export OpenFlamingo checkpoints to ONNX and run them.
 
+mod calibrate;
 mod compare;
 mod convert;
 mod encode;
@@ -32,6 +33,8 @@ enum Command {
     Convert(convert::Args),
     /// Weight-only quantisation of an fp32 export (int8 portable, int4 ONNX Runtime only).
     Quantize(quantize::Args),
+    /// Static int8 calibration: QDQ graphs, TensorRT caches, ONNX Runtime TensorRT tables, a report.
+    Calibrate(calibrate::Args),
     /// Compare two exports of a model (e.g. fp32 and int8) on requests: per graph and end to end.
     Compare(compare::Args),
     /// Print an export's manifest readably (or as JSON).
@@ -52,6 +55,7 @@ fn main() {
         Command::Convert(a) => convert::run(a),
         Command::Quantize(a) => quantize::run(a),
         Command::Compare(a) => compare::run(a),
+        Command::Calibrate(a) => calibrate::run(a),
         Command::Encode(a) => encode::run(a),
         Command::Generate(a) => generate::run(a),
         Command::Score(a) => score::run(a),

@@ -291,3 +291,57 @@ fn clear_errors_instead_of_panics() {
     assert!(!ok && err.contains("unknown backend"), "{err}");
     assert!(!err.contains("panicked"));
 }
+
+#[test]
+fn calibrate_refuses_empty_data_and_a_failure_leaves_no_output() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tmp.path().join("m");
+    export("tiny-mpt", &model);
+    let (m, out) = (model.display().to_string(), tmp.path().join("cal"));
+    let empty = tmp.path().join("empty.jsonl");
+    std::fs::write(&empty, "").unwrap();
+    let (ok, _, err) = flamingo(&[
+        "calibrate",
+        "--model",
+        &m,
+        "--data",
+        &empty.display().to_string(),
+        "--out",
+        &out.display().to_string(),
+    ]);
+    assert!(!ok && err.contains("no calibration requests"), "{err}");
+    let img = fixture("tiny-mpt")
+        .join("images/img0.png")
+        .display()
+        .to_string();
+    let data = tmp.path().join("d.jsonl");
+    std::fs::write(
+        &data,
+        format!(
+            "{}\n{}\n",
+            json!({"prompt": "<image>a", "media": [img]}),
+            json!({"prompt": "<image>b", "media": ["nope.png"]})
+        ),
+    )
+    .unwrap();
+    let (ok, _, err) = flamingo(&[
+        "calibrate",
+        "--model",
+        &m,
+        "--data",
+        &data.display().to_string(),
+        "--out",
+        &out.display().to_string(),
+    ]);
+    assert!(
+        !ok && err.contains("request 2") && err.contains("nope.png"),
+        "{err}"
+    );
+    assert!(!out.exists(), "no output after a failed calibration");
+    let leftovers: Vec<_> = std::fs::read_dir(tmp.path())
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().contains("partial"))
+        .collect();
+    assert!(leftovers.is_empty());
+}

@@ -492,6 +492,21 @@ pub fn temp_dir_for(out: &Path) -> Result<PathBuf> {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "export".into());
+    // leftovers of interrupted runs (their process is gone) are removed
+    if let Ok(entries) = fs::read_dir(&parent) {
+        let prefix = format!(".{name}.partial-");
+        for e in entries.flatten() {
+            let file = e.file_name().to_string_lossy().into_owned();
+            if let Some(pid) = file
+                .strip_prefix(&prefix)
+                .and_then(|p| p.parse::<u32>().ok())
+            {
+                if !Path::new(&format!("/proc/{pid}")).exists() {
+                    let _ = fs::remove_dir_all(e.path());
+                }
+            }
+        }
+    }
     let tmp = parent.join(format!(".{name}.partial-{}", std::process::id()));
     if tmp.exists() {
         fs::remove_dir_all(&tmp).map_err(io_err(&tmp))?;

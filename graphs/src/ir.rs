@@ -35,7 +35,8 @@ impl From<usize> for Dim {
     }
 }
 
-/// A graph input or output: name, element type, shape.
+/// A graph input or output: name, element type, shape (an empty `dims`
+/// leaves the shape undeclared; the graphs have no scalar I/O).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct IoSpec {
     pub name: String,

@@ -265,7 +265,10 @@ fn value_info(io: &IoSpec) -> Msg {
     }
     let mut tt = Msg::default();
     tt.int(1, io.dtype.onnx_code() as i64);
-    tt.msg(2, shape);
+    // an empty dims list leaves the shape undeclared (observed activations)
+    if !io.dims.is_empty() {
+        tt.msg(2, shape);
+    }
     let mut ty = Msg::default();
     ty.msg(1, tt);
     let mut m = Msg::default();

@@ -77,9 +77,7 @@ pub struct Step {
 impl Model {
     /// The media K/V (visual-latent cache) of `latents [B,T,n,D]`.
     pub fn media_kv(&mut self, latents: ArrayD<f32>) -> Result<MediaKv> {
-        let out = self
-            .media_kv_session()?
-            .run(vec![(io::LATENTS, Value::F32(latents))])?;
+        let out = self.run_graph("media_kv", vec![(io::LATENTS, Value::F32(latents))])?;
         let mut tensors = Vec::new();
         for i in self.manifest.model.decoder.gated_layers.clone() {
             for name in [io::media_key(i), io::media_value(i)] {
@@ -184,7 +182,7 @@ impl Model {
             .iter()
             .map(|(n, v)| (n.as_str(), v.clone()))
             .collect();
-        let mut out = self.decoder_session()?.run(refs)?;
+        let mut out = self.run_graph("decoder", refs)?;
         for (i, layer) in cache.layers.iter_mut().enumerate() {
             let k = out
                 .remove(&io::present_key(i))

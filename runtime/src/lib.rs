@@ -55,6 +55,6 @@ pub mod tract_backend;
 pub use backend::{Backend, BackendKind, Session, Value};
 pub use decoder::{KvCache, MediaKv, Step};
 pub use error::{Error, Result};
-pub use model::{Encoded, Media, Model};
+pub use model::{Encoded, Media, Model, Observer};
 pub use pipeline::{CandidateScore, Generation, Pipeline, Request, Sequence, TokenEvent};
 pub use search::GenerateOptions;

@@ -1,6 +1,7 @@
 //! A loaded export: manifest, one session per graph, and the media pipeline
 //! (preprocess -> vision encoder -> resampler).
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use flamingo_export::Manifest;
@@ -43,7 +44,12 @@ pub struct Model {
     resampler: Box<dyn Session>,
     media_kv: Option<Box<dyn Session>>,
     decoder: Option<Box<dyn Session>>,
+    observer: Option<Observer>,
 }
+
+/// Sees every graph run: the graph's role and all its outputs (calibration
+/// adds the activations it observes as extra outputs).
+pub type Observer = Box<dyn FnMut(&str, &HashMap<String, Value>) + Send>;
 
 impl Model {
     /// Loads an export directory on `backend`.
@@ -83,6 +89,7 @@ impl Model {
             resampler,
             media_kv: Some(media_kv),
             decoder: Some(decoder),
+            observer: None,
         })
     }
 
@@ -101,16 +108,30 @@ impl Model {
         v
     }
 
-    pub(crate) fn media_kv_session(&mut self) -> Result<&mut Box<dyn Session>> {
-        self.media_kv
-            .as_mut()
-            .ok_or_else(|| Error::Input("this export has no media_kv graph".into()))
+    /// Installs (or removes) the observer of graph outputs.
+    pub fn set_observer(&mut self, observer: Option<Observer>) {
+        self.observer = observer;
     }
 
-    pub(crate) fn decoder_session(&mut self) -> Result<&mut Box<dyn Session>> {
-        self.decoder
-            .as_mut()
-            .ok_or_else(|| Error::Input("this export has no decoder graph".into()))
+    /// Runs the graph `role` and shows its outputs to the observer.
+    pub(crate) fn run_graph(
+        &mut self,
+        role: &str,
+        inputs: Vec<(&str, Value)>,
+    ) -> Result<HashMap<String, Value>> {
+        let session = match role {
+            "vision_encoder" => Some(&mut self.vision),
+            "resampler" => Some(&mut self.resampler),
+            "media_kv" => self.media_kv.as_mut(),
+            "decoder" => self.decoder.as_mut(),
+            _ => None,
+        }
+        .ok_or_else(|| Error::Input(format!("this export has no {role} graph")))?;
+        let out = session.run(inputs)?;
+        if let Some(obs) = self.observer.as_mut() {
+            obs(role, &out);
+        }
+        Ok(out)
     }
 
     /// Preprocessed pixels `[N, 3, S, S]` of the given image files.
@@ -134,9 +155,8 @@ impl Model {
                 pixels.shape()
             )));
         }
-        let mut out = self
-            .vision
-            .run(vec![("pixel_values", Value::F32(pixels))])?;
+        let mut out =
+            self.run_graph("vision_encoder", vec![("pixel_values", Value::F32(pixels))])?;
         take(&mut out, "vision_tokens")
     }
 
@@ -166,9 +186,7 @@ impl Model {
                 )));
             }
         }
-        let mut out = self
-            .resampler
-            .run(vec![("vision_tokens", Value::F32(tokens))])?;
+        let mut out = self.run_graph("resampler", vec![("vision_tokens", Value::F32(tokens))])?;
         take(&mut out, "latents")
     }
 
@@ -204,7 +222,7 @@ impl Model {
     }
 }
 
-fn take(out: &mut std::collections::HashMap<String, Value>, name: &str) -> Result<ArrayD<f32>> {
+fn take(out: &mut HashMap<String, Value>, name: &str) -> Result<ArrayD<f32>> {
     out.remove(name)
         .ok_or_else(|| Error::Input(format!("the graph did not return `{name}`")))?
         .into_f32(name)

@@ -117,6 +117,18 @@ impl Backend for OrtBackend {
     }
 }
 
+/// An owned array from an output (empty outputs may carry no data pointer).
+fn to_array<T: Copy>(shape: &[i64], data: &[T]) -> Result<ndarray::ArrayD<T>> {
+    let dims: Vec<usize> = shape.iter().map(|&d| d.max(0) as usize).collect();
+    let numel: usize = dims.iter().product();
+    let values = if numel == 0 {
+        Vec::new()
+    } else {
+        data[..numel.min(data.len())].to_vec()
+    };
+    ndarray::ArrayD::from_shape_vec(dims, values).map_err(|x| err("ort-cpu", x))
+}
+
 struct OrtCpuSession {
     session: OrtSession,
 }
@@ -157,18 +169,10 @@ impl Session for OrtCpuSession {
         for name in names {
             let v = &outs[name.as_str()];
             let val = if let Ok((shape, data)) = v.try_extract_tensor::<f32>() {
-                let dims: Vec<usize> = shape.iter().map(|&d| d as usize).collect();
-                Value::F32(
-                    ndarray::ArrayD::from_shape_vec(dims, data.to_vec())
-                        .map_err(|x| err("ort-cpu", x))?,
-                )
+                Value::F32(to_array(shape, data)?)
             } else {
                 let (shape, data) = v.try_extract_tensor::<i64>().map_err(e)?;
-                let dims: Vec<usize> = shape.iter().map(|&d| d as usize).collect();
-                Value::I64(
-                    ndarray::ArrayD::from_shape_vec(dims, data.to_vec())
-                        .map_err(|x| err("ort-cpu", x))?,
-                )
+                Value::I64(to_array(shape, data)?)
             };
             res.insert(name, val);
         }
