@@ -1,5 +1,6 @@
 //! `flamingo`: export OpenFlamingo checkpoints to ONNX and run them.
 
+mod bench;
 mod calibrate;
 mod compare;
 mod convert;
@@ -35,6 +36,8 @@ enum Command {
     Quantize(quantize::Args),
     /// Static int8 calibration: QDQ graphs, TensorRT caches, ONNX Runtime TensorRT tables, a report.
     Calibrate(calibrate::Args),
+    /// Measure latency and memory: preprocessing, vision, media K/V, prefill, decode per batch size.
+    Bench(bench::Args),
     /// Compare two exports of a model (e.g. fp32 and int8) on requests: per graph and end to end.
     Compare(compare::Args),
     /// Print an export's manifest readably (or as JSON).
@@ -56,6 +59,7 @@ fn main() {
         Command::Quantize(a) => quantize::run(a),
         Command::Compare(a) => compare::run(a),
         Command::Calibrate(a) => calibrate::run(a),
+        Command::Bench(a) => bench::run(a),
         Command::Encode(a) => encode::run(a),
         Command::Generate(a) => generate::run(a),
         Command::Score(a) => score::run(a),

@@ -345,3 +345,67 @@ fn calibrate_refuses_empty_data_and_a_failure_leaves_no_output() {
         .collect();
     assert!(leftovers.is_empty());
 }
+
+#[test]
+fn bench_smoke_test_on_a_tiny_model_writes_its_json() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tmp.path().join("m");
+    export("tiny-llama", &model);
+    for backend in ["tract", "ort-cpu"] {
+        let (ok, out, err) = flamingo(&[
+            "bench",
+            "--model",
+            &model.display().to_string(),
+            "--backend",
+            backend,
+            "--shots",
+            "0,1",
+            "--batch",
+            "1,2",
+            "--new-tokens",
+            "3",
+            "--warmup",
+            "0",
+            "--iters",
+            "1",
+            "--bandwidth-bytes",
+            "1048576",
+            "--json",
+        ]);
+        assert!(ok, "{err}");
+        let r: Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(r["backend"], backend);
+        assert_eq!(
+            r["decode"].as_array().unwrap().len(),
+            4,
+            "2 shot counts x 2 batch sizes"
+        );
+        for d in r["decode"].as_array().unwrap() {
+            assert!(d["decode"]["p50_ms"].as_f64().unwrap() > 0.0);
+            assert!(d["tokens_per_s"].as_f64().unwrap() > 0.0);
+        }
+        assert!(r["memory_bandwidth_gb_s"].as_f64().unwrap() > 0.0);
+        assert!(r["peak_rss_bytes"].as_u64().unwrap() > 0);
+        assert_eq!(r["decode_vs_context"].as_array().unwrap().len(), 2 * 3);
+    }
+}
+
+#[test]
+fn presets_are_known_by_name_and_unknown_ones_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("p").display().to_string();
+    let (ok, _, err) = flamingo(&[
+        "export",
+        "--preset",
+        "of-huge",
+        "--random-weights",
+        "--out",
+        &out,
+    ]);
+    assert!(
+        !ok && err.contains("unknown preset") && err.contains("of-mini"),
+        "{err}"
+    );
+    let (ok, _, err) = flamingo(&["export", "--preset", "of-mini", "--out", &out]);
+    assert!(!ok && err.contains("random-weights"), "{err}");
+}

@@ -27,6 +27,7 @@ pub mod lm;
 pub mod manifest;
 pub mod onnx_read;
 pub mod pickle;
+pub mod presets;
 pub mod safetensors;
 pub mod store;
 pub mod tokens;
@@ -37,6 +38,6 @@ pub use error::{Error, Result};
 pub use manifest::Manifest;
 pub use store::TensorStore;
 pub use write::{
-    export, hash_files, replace_dir, sha256_file, temp_dir_for, ExportOptions, NoProgress,
-    Progress, Release, Rewrite,
+    export, export_preset, hash_files, replace_dir, sha256_file, temp_dir_for, ExportOptions,
+    NoProgress, Progress, Release, Rewrite, Spec,
 };

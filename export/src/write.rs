@@ -302,6 +302,54 @@ pub fn build_decoder_graph(w: &dyn WeightSource, cfg: &DecoderConfig) -> Result<
     Ok(g.finish()?)
 }
 
+/// Exports the preset `name` with random weights into `out` (streamed:
+/// each tensor is generated while it is written).
+pub fn export_preset(
+    name: &str,
+    out: &Path,
+    force: bool,
+    rewrite: Option<(String, Rewrite)>,
+    progress: &mut dyn Progress,
+) -> Result<Manifest> {
+    let p = crate::presets::preset(name)?;
+    if out.exists() && !force {
+        return Err(Error::OutputExists {
+            path: out.display().to_string(),
+        });
+    }
+    let spec = Spec {
+        weights: &crate::presets::RandomWeights,
+        vision: p.vision.clone(),
+        preprocess: p.preprocess(),
+        resampler: p.resampler.clone(),
+        decoder: p.decoder.clone(),
+        family: p.family.into(),
+        lm: LmInfo {
+            model_type: p.family.into(),
+            vocab_size: p.decoder.vocab,
+            hidden_size: p.decoder.hidden,
+            num_layers: p.decoder.num_layers,
+            max_position_embeddings: Some(p.max_positions),
+            pad_token_id: None,
+        },
+        special: p.special.clone(),
+        tokenizer: None,
+        rewrite,
+    };
+    let tmp = temp_dir_for(out)?;
+    match write_spec(&spec, &tmp, progress) {
+        Ok(m) => {
+            replace_dir(&tmp, out)?;
+            progress.finish();
+            Ok(m)
+        }
+        Err(e) => {
+            let _ = fs::remove_dir_all(&tmp);
+            Err(e)
+        }
+    }
+}
+
 /// Exports a release into `opts.out`. Nothing is left at `opts.out` unless
 /// the whole export succeeded.
 pub fn export(opts: &ExportOptions, progress: &mut dyn Progress) -> Result<Manifest> {
@@ -327,23 +375,63 @@ pub fn export(opts: &ExportOptions, progress: &mut dyn Progress) -> Result<Manif
     }
 }
 
+/// Everything an export writes, whatever the weights come from.
+pub struct Spec<'a> {
+    pub weights: &'a dyn WeightSource,
+    pub vision: VisionConfig,
+    pub preprocess: PreprocessConfig,
+    pub resampler: ResamplerConfig,
+    pub decoder: DecoderConfig,
+    pub family: String,
+    pub lm: LmInfo,
+    pub special: manifest::SpecialTokens,
+    /// A tokenizer directory to copy in, if any.
+    pub tokenizer: Option<PathBuf>,
+    pub rewrite: Option<(String, Rewrite)>,
+}
+
 fn write_all(
     opts: &ExportOptions,
     r: &Release,
-    special_tokens: manifest::SpecialTokens,
+    special: manifest::SpecialTokens,
     dir: &Path,
     progress: &mut dyn Progress,
 ) -> Result<Manifest> {
+    let spec = Spec {
+        weights: &r.store,
+        vision: r.vision.clone(),
+        preprocess: r.preprocess.clone(),
+        resampler: r.resampler.clone(),
+        decoder: r.decoder.clone(),
+        family: r.lm.model_type.clone(),
+        lm: LmInfo {
+            model_type: r.lm.model_type.clone(),
+            vocab_size: r.decoder.vocab,
+            hidden_size: r.lm.hidden_size()?,
+            num_layers: r.lm.num_layers()?,
+            max_position_embeddings: r.lm.max_positions(),
+            pad_token_id: r.lm.usize_of(&["pad_token_id"]).map(|v| v as u32),
+        },
+        special,
+        tokenizer: Some(opts.tokenizer.clone()),
+        rewrite: opts.rewrite.clone(),
+    };
+    write_spec(&spec, dir, progress)
+}
+
+/// Writes the graphs, tokenizer and manifest of `spec` into `dir`.
+pub fn write_spec(spec: &Spec, dir: &Path, progress: &mut dyn Progress) -> Result<Manifest> {
+    let w = spec.weights;
     let graphs = vec![
-        ("vision_encoder", build_vision_graph(&r.store, &r.vision)?),
+        ("vision_encoder", build_vision_graph(w, &spec.vision)?),
         (
             "resampler",
-            build_resampler_graph(&r.store, &r.resampler, r.vision.num_patches())?,
+            build_resampler_graph(w, &spec.resampler, spec.vision.num_patches())?,
         ),
-        ("media_kv", build_media_kv_graph(&r.store, &r.decoder)?),
-        ("decoder", build_decoder_graph(&r.store, &r.decoder)?),
+        ("media_kv", build_media_kv_graph(w, &spec.decoder)?),
+        ("decoder", build_decoder_graph(w, &spec.decoder)?),
     ];
-    let graphs = match &opts.rewrite {
+    let graphs = match &spec.rewrite {
         None => graphs,
         Some((name, f)) => graphs
             .into_iter()
@@ -381,25 +469,27 @@ fn write_all(
     let tok_dir = dir.join("tokenizer");
     fs::create_dir_all(&tok_dir).map_err(io_err(&tok_dir))?;
     for f in tokens::TOKENIZER_FILES {
-        let src = opts.tokenizer.join(f);
+        let Some(src) = spec.tokenizer.as_ref().map(|t| t.join(f)) else {
+            break;
+        };
         if src.exists() {
             let dst = tok_dir.join(f);
             fs::copy(&src, &dst).map_err(io_err(&src))?;
         }
     }
-    let v = &r.vision;
-    let rs = &r.resampler;
+    let v = &spec.vision;
+    let rs = &spec.resampler;
     let mut m = Manifest {
         format_version: manifest::FORMAT_VERSION,
         producer: format!("flamingo {}", env!("CARGO_PKG_VERSION")),
-        precision: opts
+        precision: spec
             .rewrite
             .as_ref()
             .map(|r| r.0.clone())
             .unwrap_or_else(|| "fp32".into()),
         model: ModelInfo {
-            family: r.lm.model_type.clone(),
-            cross_attn_every_n_layers: opts.cross_attn_every_n_layers,
+            family: spec.family.clone(),
+            cross_attn_every_n_layers: spec.decoder.xattn.every_n,
             vision: VisionInfo {
                 image_size: v.image_size,
                 patch_size: v.patch_size,
@@ -420,18 +510,11 @@ fn write_all(
                 max_num_frames: rs.max_num_frames,
                 max_num_media: rs.max_num_media,
             },
-            decoder: DecoderInfo::from(&r.decoder),
-            lm: LmInfo {
-                model_type: r.lm.model_type.clone(),
-                vocab_size: r.lm.vocab_size()?,
-                hidden_size: r.lm.hidden_size()?,
-                num_layers: r.lm.num_layers()?,
-                max_position_embeddings: r.lm.max_positions(),
-                pad_token_id: r.lm.usize_of(&["pad_token_id"]).map(|v| v as u32),
-            },
+            decoder: DecoderInfo::from(&spec.decoder),
+            lm: spec.lm.clone(),
         },
-        preprocess: r.preprocess.clone(),
-        special_tokens,
+        preprocess: spec.preprocess.clone(),
+        special_tokens: spec.special.clone(),
         graphs: infos,
         files: BTreeMap::new(),
     };

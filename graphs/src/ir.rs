@@ -295,7 +295,7 @@ impl<'a> Scope<'a> {
     /// Fetches `path.name` as it is stored, checking its shape.
     pub fn weight_tensor(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
         let full = self.full(name);
-        let t = self.w.get(&full)?;
+        let t = self.w.get_shaped(&full, shape)?;
         if t.shape != shape {
             return Err(Error::ShapeMismatch {
                 name: full,

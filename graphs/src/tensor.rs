@@ -205,6 +205,12 @@ pub trait WeightSource {
     fn get(&self, name: &str) -> Result<Tensor>;
     /// Whether a tensor of that name exists.
     fn contains(&self, name: &str) -> bool;
+    /// The tensor `name` where the graph expects `shape`: sources that make
+    /// weights up (random-weight presets) use the shape; others ignore it.
+    fn get_shaped(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
+        let _ = shape;
+        self.get(name)
+    }
 }
 
 /// A source with no weights (graphs made of inputs and constants only).

@@ -1,0 +1,304 @@
+//! `flamingo bench`: latency and memory of an export on a backend.
+//! Timings are medians of `--iters` runs after `--warmup`; nothing here is
+//! asserted anywhere (benchmarks are benchmarks).
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::Result;
+use flamingo_runtime::preprocess::{preprocess, Rgb8};
+use flamingo_runtime::{BackendKind, Model, Step};
+use ndarray::{Array2, ArrayD, Axis, IxDyn};
+use serde::Serialize;
+use serde_json::json;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Export directory (e.g. from `flamingo export --preset of-mini --random-weights`)
+    #[arg(long)]
+    model: PathBuf,
+    #[arg(long, default_value = "ort-cpu")]
+    backend: BackendKind,
+    /// Batch sizes for decoding
+    #[arg(long, value_delimiter = ',', default_value = "1,4")]
+    batch: Vec<usize>,
+    /// Few-shot counts: k shots = k+1 images, about 20 text tokens per shot
+    #[arg(long, value_delimiter = ',', default_value = "0,2,4")]
+    shots: Vec<usize>,
+    /// Decode steps measured per run
+    #[arg(long, default_value_t = 16)]
+    new_tokens: usize,
+    #[arg(long, default_value_t = 1)]
+    warmup: usize,
+    #[arg(long, default_value_t = 3)]
+    iters: usize,
+    /// Bytes streamed to measure memory bandwidth
+    #[arg(long, default_value_t = 1 << 30)]
+    bandwidth_bytes: usize,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Serialize)]
+struct Percentiles {
+    p50_ms: f64,
+    p90_ms: f64,
+    p99_ms: f64,
+    mean_ms: f64,
+}
+
+fn percentiles(mut v: Vec<f64>) -> Percentiles {
+    v.sort_by(f64::total_cmp);
+    let at = |q: f64| v[((v.len() as f64 - 1.0) * q).round() as usize];
+    Percentiles {
+        p50_ms: at(0.5),
+        p90_ms: at(0.9),
+        p99_ms: at(0.99),
+        mean_ms: v.iter().sum::<f64>() / v.len() as f64,
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// ms of `f`, median over iters after warmup.
+fn time(warmup: usize, iters: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
+    for _ in 0..warmup {
+        f()?;
+    }
+    let mut t = Vec::new();
+    for _ in 0..iters.max(1) {
+        let s = Instant::now();
+        f()?;
+        t.push(s.elapsed().as_secs_f64() * 1e3);
+    }
+    Ok(median(t))
+}
+
+/// Peak resident memory of this process (VmHWM), bytes.
+pub fn peak_rss() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        })
+        .map(|kb| kb * 1024)
+        .unwrap_or(0)
+}
+
+/// Streaming-read bandwidth, bytes/s (best of 3 passes over a buffer much
+/// larger than the caches).
+pub fn memory_bandwidth(bytes: usize) -> f64 {
+    let n = (bytes / 8).max(1);
+    let buf: Vec<u64> = (0..n as u64).collect();
+    let mut best = f64::INFINITY;
+    let mut sink = 0u64;
+    for _ in 0..3 {
+        let s = Instant::now();
+        let mut acc = [0u64; 4];
+        for c in buf.chunks_exact(4) {
+            acc[0] = acc[0].wrapping_add(c[0]);
+            acc[1] = acc[1].wrapping_add(c[1]);
+            acc[2] = acc[2].wrapping_add(c[2]);
+            acc[3] = acc[3].wrapping_add(c[3]);
+        }
+        sink = sink.wrapping_add(acc.iter().sum::<u64>());
+        best = best.min(s.elapsed().as_secs_f64());
+    }
+    std::hint::black_box(sink);
+    (n * 8) as f64 / best
+}
+
+fn prompt(shots: usize, media: i64, eoc: i64, vocab: i64) -> Vec<i64> {
+    let mut ids = Vec::new();
+    let mut t = 1000i64;
+    let mut word = || {
+        t = (t * 1103 + 12345) % (vocab - 10);
+        t + 5
+    };
+    for _ in 0..shots {
+        ids.push(media);
+        ids.extend((0..18).map(|_| word()));
+        ids.push(eoc);
+    }
+    ids.push(media);
+    ids.extend((0..10).map(|_| word()));
+    ids
+}
+
+pub fn run(a: Args) -> Result<()> {
+    let t0 = Instant::now();
+    let mut model = Model::load(&a.model, a.backend)?;
+    let load_ms = t0.elapsed().as_secs_f64() * 1e3;
+    let m = model.manifest.clone();
+    let d = &m.model.decoder;
+    let weight_bytes = std::fs::metadata(
+        a.model
+            .join(m.graph("decoder")?.data_file.clone().unwrap_or_default()),
+    )
+    .map(|x| x.len())
+    .unwrap_or(0);
+    let bandwidth = memory_bandwidth(a.bandwidth_bytes);
+    let roofline_ms = weight_bytes as f64 / bandwidth * 1e3;
+    // preprocessing one 640x480 photo-sized image
+    let img = Rgb8 {
+        width: 640,
+        height: 480,
+        data: (0..640 * 480 * 3).map(|i| (i * 31 % 251) as u8).collect(),
+    };
+    let pre_ms = time(a.warmup, a.iters, || {
+        std::hint::black_box(preprocess(&img, &m.preprocess));
+        Ok(())
+    })?;
+    let px = preprocess(&img, &m.preprocess)
+        .insert_axis(Axis(0))
+        .into_dyn();
+    let vision_ms = time(a.warmup, a.iters, || {
+        model.vision_tokens(px.clone())?;
+        Ok(())
+    })?;
+    let tokens = model.vision_tokens(px.clone())?;
+    let (media, eoc) = (
+        m.special_tokens.media as i64,
+        m.special_tokens.end_of_chunk as i64,
+    );
+    let mut shots_out = Vec::new();
+    let mut decode_out = Vec::new();
+    let mut context_curve = Vec::new();
+    for &k in &a.shots {
+        let t = k + 1;
+        let (p, dd) = (tokens.shape()[1], tokens.shape()[2]);
+        let stacked: ArrayD<f32> = ndarray::concatenate(Axis(0), &vec![tokens.view(); t])?
+            .into_shape_with_order(IxDyn(&[1, t, 1, p, dd]))?;
+        let mut kv = None;
+        let media_ms = time(a.warmup, a.iters, || {
+            let lat = model.latents(stacked.clone())?;
+            kv = Some(model.media_kv(lat)?);
+            Ok(())
+        })?;
+        let kv1 = kv.ok_or_else(|| anyhow::anyhow!("no media K/V"))?;
+        let ids = prompt(k, media, eoc, d.vocab_size as i64);
+        let n = ids.len();
+        let mt = flamingo_runtime::decoder::media_time(&ids, media);
+        for &b in &a.batch {
+            let kvb = kv1.select(&vec![0; b]);
+            let rows = |v: &[i64]| Array2::from_shape_fn((b, v.len()), |(_, j)| v[j]);
+            let prefill = Step {
+                input_ids: rows(&ids),
+                attention_mask: Array2::ones((b, n)),
+                position_ids: rows(&(0..n as i64).collect::<Vec<_>>()),
+                media_time: rows(&mt),
+                keep: 1,
+            };
+            let mut prefill_ms = Vec::new();
+            let mut steps = Vec::new();
+            for it in 0..a.warmup + a.iters.max(1) {
+                let mut cache = model.empty_cache(b);
+                let s = Instant::now();
+                let mut logits = model.decode(&prefill, &kvb, &mut cache)?;
+                let pf = s.elapsed().as_secs_f64() * 1e3;
+                for j in 0..a.new_tokens {
+                    let next: Vec<i64> = (0..b)
+                        .map(|r| {
+                            let row = logits.index_axis(Axis(0), r);
+                            let row = row.index_axis(Axis(0), 0);
+                            let mut best = 0;
+                            for (i, v) in row.iter().enumerate() {
+                                if *v > row[best] {
+                                    best = i;
+                                }
+                            }
+                            best as i64
+                        })
+                        .collect();
+                    let total = n + j + 1;
+                    let step = Step {
+                        input_ids: Array2::from_shape_fn((b, 1), |(r, _)| next[r]),
+                        attention_mask: Array2::ones((b, total)),
+                        position_ids: Array2::from_elem((b, 1), total as i64 - 1),
+                        media_time: Array2::from_elem((b, 1), t as i64),
+                        keep: 1,
+                    };
+                    let s = Instant::now();
+                    logits = model.decode(&step, &kvb, &mut cache)?;
+                    let ms = s.elapsed().as_secs_f64() * 1e3;
+                    if it >= a.warmup {
+                        steps.push(ms);
+                        if b == 1 {
+                            context_curve.push(json!({"shots": k, "context": total, "ms": ms}));
+                        }
+                    }
+                }
+                if it >= a.warmup {
+                    prefill_ms.push(pf);
+                }
+            }
+            let pf = median(prefill_ms);
+            let pct = percentiles(steps);
+            decode_out.push(json!({
+                "shots": k, "batch": b, "prompt_tokens": n,
+                "prefill_ms": pf, "time_to_first_token_ms": pf + media_ms + vision_ms * t as f64,
+                "decode": pct, "tokens_per_s": b as f64 / (pct.mean_ms / 1e3),
+                "roofline_ratio": pct.p50_ms / roofline_ms,
+            }));
+        }
+        shots_out.push(json!({"shots": k, "images": t, "resampler_media_kv_ms": media_ms}));
+    }
+    let report = json!({
+        "model": a.model, "backend": a.backend.as_str(), "precision": m.precision,
+        "load_ms": load_ms, "preprocess_ms": pre_ms, "vision_encoder_ms_per_image": vision_ms,
+        "media": shots_out, "decode": decode_out, "decode_vs_context": context_curve,
+        "memory_bandwidth_gb_s": bandwidth / 1e9, "decoder_weight_bytes": weight_bytes,
+        "roofline_decode_ms": roofline_ms, "peak_rss_bytes": peak_rss(),
+    });
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(());
+    }
+    println!(
+        "{} on {} ({}), loaded in {load_ms:.0} ms",
+        a.model.display(),
+        a.backend,
+        m.precision
+    );
+    println!(
+        "memory bandwidth {:.1} GB/s; decoder weights {:.2} GB -> roofline {roofline_ms:.1} ms/step",
+        bandwidth / 1e9,
+        weight_bytes as f64 / 1e9
+    );
+    println!("preprocess {pre_ms:.2} ms/image, vision encoder {vision_ms:.1} ms/image");
+    for s in &shots_out {
+        println!(
+            "{} shots ({} images): resampler + media K/V {:.1} ms",
+            s["shots"],
+            s["images"],
+            s["resampler_media_kv_ms"].as_f64().unwrap_or(0.0)
+        );
+    }
+    println!(
+        "{:>5} {:>5} {:>7} {:>10} {:>9} {:>9} {:>9} {:>9} {:>8}",
+        "shots", "batch", "prompt", "TTFT ms", "p50 ms", "p90 ms", "p99 ms", "tok/s", "xroof"
+    );
+    for r in &decode_out {
+        let f = |k: &str| r[k].as_f64().unwrap_or(0.0);
+        let dd = |k: &str| r["decode"][k].as_f64().unwrap_or(0.0);
+        println!(
+            "{:>5} {:>5} {:>7} {:>10.1} {:>9.2} {:>9.2} {:>9.2} {:>9.1} {:>8.2}",
+            r["shots"],
+            r["batch"],
+            r["prompt_tokens"],
+            f("time_to_first_token_ms"),
+            dd("p50_ms"),
+            dd("p90_ms"),
+            dd("p99_ms"),
+            f("tokens_per_s"),
+            f("roofline_ratio")
+        );
+    }
+    println!("peak resident memory {:.2} GB", peak_rss() as f64 / 1e9);
+    Ok(())
+}

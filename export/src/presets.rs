@@ -1,0 +1,259 @@
+//! The official OpenFlamingo shapes, exportable with random weights so that
+//! anyone can benchmark without downloading a release.
+
+use std::sync::Arc;
+
+use flamingo_graphs::blocks::decoder::{
+    DecoderConfig, LayerNames, NormKind, PositionKind, Residual, XAttnConfig,
+};
+use flamingo_graphs::blocks::{Activation, ResamplerConfig, VisionConfig};
+use flamingo_graphs::{DType, Tensor, TensorData, WeightSource};
+
+use crate::config::{PreprocessConfig, CLIP_MEAN, CLIP_STD};
+use crate::error::{Error, Result};
+use crate::family::{Family, GPT_NEOX, MPT};
+use crate::manifest::SpecialTokens;
+
+/// A named model shape.
+pub struct Preset {
+    pub name: &'static str,
+    pub about: &'static str,
+    pub vision: VisionConfig,
+    pub resampler: ResamplerConfig,
+    pub decoder: DecoderConfig,
+    pub family: &'static str,
+    pub special: SpecialTokens,
+    pub max_positions: usize,
+}
+
+pub const PRESETS: &[&str] = &["of-mini", "of-3b", "of-4b", "of-9b"];
+
+fn vit(image: usize, patch: usize, width: usize, layers: usize) -> VisionConfig {
+    VisionConfig {
+        image_size: image,
+        patch_size: patch,
+        width,
+        layers,
+        heads: width / 64,
+        mlp_dim: width * 4,
+        activation: Activation::QuickGelu,
+        eps: 1e-5,
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn lm(
+    f: &Family,
+    hidden: usize,
+    layers: usize,
+    heads: usize,
+    inter: usize,
+    vocab: usize,
+    every_n: usize,
+    dim_visual: usize,
+) -> DecoderConfig {
+    let p = "lang_encoder.";
+    let mpt = f.model_type == "mpt";
+    let head_dim = hidden / heads;
+    DecoderConfig {
+        layers_path: format!("{p}{}", f.layers),
+        embed: format!("{p}{}", f.embed),
+        final_norm: format!("{p}{}", f.final_norm),
+        lm_head: format!("{p}{}", f.lm_head[0]),
+        names: LayerNames {
+            ln1: f.ln1.into(),
+            ln2: f.ln2.into(),
+            qkv: (f.qkv)(!mpt),
+            out: f.out.into(),
+            out_bias: !mpt,
+            mlp: (f.mlp)(!mpt),
+        },
+        hidden,
+        heads,
+        kv_heads: heads,
+        head_dim,
+        intermediate: inter,
+        num_layers: layers,
+        vocab,
+        eps: 1e-5,
+        norm: NormKind::LayerNorm { bias: !mpt },
+        position: if mpt {
+            PositionKind::Alibi { bias_max: 8.0 }
+        } else {
+            PositionKind::Rotary {
+                dims: head_dim,
+                base: 10000.0,
+            }
+        },
+        residual: if mpt {
+            Residual::Sequential
+        } else {
+            Residual::Parallel
+        },
+        xattn: XAttnConfig {
+            every_n,
+            heads: 8,
+            dim_head: 64,
+            ff_mult: 4,
+            dim_visual,
+            num_latents: 64,
+            eps: 1e-5,
+        },
+    }
+}
+
+fn resampler(dim: usize) -> ResamplerConfig {
+    ResamplerConfig {
+        dim,
+        depth: 6,
+        heads: 8,
+        dim_head: 64,
+        num_latents: 64,
+        ff_mult: 4,
+        eps: 1e-5,
+        max_num_frames: None,
+        max_num_media: None,
+    }
+}
+
+/// The preset `name`.
+pub fn preset(name: &str) -> Result<Preset> {
+    let special = |vocab: u32| SpecialTokens {
+        media: vocab - 2,
+        end_of_chunk: vocab - 3,
+        pad: Some(vocab - 1),
+        eos: Some(0),
+        bos: None,
+    };
+    let (about, vision, decoder, family, max_positions) = match name {
+        "of-mini" => (
+            "ViT-B/16 at 224 px + an MPT with d 1024, 16 layers, 16 heads, cross-attention every 2nd layer",
+            vit(224, 16, 768, 12),
+            lm(&MPT, 1024, 16, 16, 4096, 50280, 2, 768),
+            "mpt",
+            2048,
+        ),
+        "of-3b" => (
+            "ViT-L/14 at 224 px + MPT-1B (d 2048, 24 layers, 16 heads), cross-attention every layer",
+            vit(224, 14, 1024, 24),
+            lm(&MPT, 2048, 24, 16, 8192, 50280, 1, 1024),
+            "mpt",
+            2048,
+        ),
+        "of-4b" => (
+            "ViT-L/14 + RedPajama-INCITE-3B (GPT-NeoX, d 2560, 32 layers, 32 heads), every 2nd layer",
+            vit(224, 14, 1024, 24),
+            // RedPajama-INCITE-3B: sequential residual
+            DecoderConfig { residual: Residual::Sequential, ..lm(&GPT_NEOX, 2560, 32, 32, 10240, 50432, 2, 1024) },
+            "gpt_neox",
+            2048,
+        ),
+        "of-9b" => (
+            "ViT-L/14 + MPT-7B (d 4096, 32 layers, 32 heads), every 4th layer",
+            vit(224, 14, 1024, 24),
+            lm(&MPT, 4096, 32, 32, 16384, 50432, 4, 1024),
+            "mpt",
+            2048,
+        ),
+        other => {
+            return Err(Error::Config {
+                path: "--preset".into(),
+                message: format!("unknown preset `{other}` (known: {})", PRESETS.join(", ")),
+            })
+        }
+    };
+    let vocab = decoder.vocab as u32;
+    Ok(Preset {
+        name: PRESETS
+            .iter()
+            .find(|p| **p == name)
+            .copied()
+            .unwrap_or("preset"),
+        about,
+        resampler: resampler(vision.width),
+        vision,
+        decoder,
+        family,
+        special: special(vocab),
+        max_positions,
+    })
+}
+
+impl Preset {
+    pub fn preprocess(&self) -> PreprocessConfig {
+        PreprocessConfig {
+            image_size: self.vision.image_size,
+            mean: CLIP_MEAN,
+            std: CLIP_STD,
+            interpolation: "bicubic".into(),
+            resize_mode: "shortest".into(),
+        }
+    }
+}
+
+/// Deterministic pseudo-random weights made on demand, tensor by tensor:
+/// norms' weights 1, biases 0, gates 0.5, everything else uniform with std
+/// 0.02 from a seed hashed from the tensor's name.
+pub struct RandomWeights;
+
+fn hash(name: &str) -> u64 {
+    // FNV-1a
+    name.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
+    })
+}
+
+impl WeightSource for RandomWeights {
+    fn get(&self, name: &str) -> flamingo_graphs::Result<Tensor> {
+        Err(flamingo_graphs::Error::MissingTensor {
+            name: name.to_string(),
+            file: Some("random weights (no shape given)".into()),
+        })
+    }
+    fn contains(&self, _: &str) -> bool {
+        true
+    }
+    fn get_shaped(&self, name: &str, shape: &[usize]) -> flamingo_graphs::Result<Tensor> {
+        let n: usize = shape.iter().product();
+        let leaf = name.rsplit('.').next().unwrap_or("");
+        let is_norm = name.contains("norm")
+            || name.contains("ln_")
+            || name.ends_with(".ff.0.weight")
+            || name.contains(".1.0.weight");
+        let constant = if leaf == "attn_gate" || leaf == "ff_gate" {
+            Some(0.5f32)
+        } else if leaf == "bias" || leaf == "in_proj_bias" {
+            Some(0.0)
+        } else if is_norm && leaf == "weight" {
+            Some(1.0)
+        } else {
+            None
+        };
+        let seed = hash(name);
+        let load: flamingo_graphs::LoadFn = Arc::new(move || {
+            let mut out = Vec::with_capacity(n * 4);
+            match constant {
+                Some(c) => (0..n).for_each(|_| out.extend(c.to_le_bytes())),
+                None => {
+                    let mut s = seed;
+                    let a = 0.02f32 * 3f32.sqrt();
+                    for _ in 0..n {
+                        s = s.wrapping_add(0x9e37_79b9_7f4a_7c15);
+                        let mut z = s;
+                        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+                        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+                        z ^= z >> 31;
+                        let u = (z >> 40) as f32 / (1u64 << 24) as f32;
+                        out.extend(((u * 2.0 - 1.0) * a).to_le_bytes());
+                    }
+                }
+            }
+            Ok(out)
+        });
+        Ok(Tensor {
+            dtype: DType::F32,
+            shape: shape.to_vec(),
+            data: TensorData::Lazy(load),
+        })
+    }
+}
