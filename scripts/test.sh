@@ -7,3 +7,7 @@ cd "$root"
 scripts/install-ort.sh
 export ORT_DYLIB_PATH="${ORT_DYLIB_PATH:-$root/.ort/lib/libonnxruntime.so}"
 cargo test --workspace "$@"
+# the GPU paths build and their unit tests (provider options, profiles,
+# engine-cache paths) pass without a GPU
+cargo build -p flamingo --features cuda,tensorrt
+cargo test -p flamingo-runtime --features cuda,tensorrt --lib "$@"

@@ -37,6 +37,8 @@ pub struct Args {
     bandwidth_bytes: usize,
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    gpu: crate::gpu::GpuArgs,
 }
 
 #[derive(Serialize)]
@@ -132,7 +134,7 @@ fn prompt(shots: usize, media: i64, eoc: i64, vocab: i64) -> Vec<i64> {
 
 pub fn run(a: Args) -> Result<()> {
     let t0 = Instant::now();
-    let mut model = Model::load(&a.model, a.backend)?;
+    let mut model = Model::load_with_gpu(&a.model, a.backend, &a.gpu.options())?;
     let load_ms = t0.elapsed().as_secs_f64() * 1e3;
     let m = model.manifest.clone();
     let d = &m.model.decoder;
@@ -248,8 +250,13 @@ pub fn run(a: Args) -> Result<()> {
         }
         shots_out.push(json!({"shots": k, "images": t, "resampler_media_kv_ms": media_ms}));
     }
+    let providers: Vec<_> = model
+        .providers()
+        .into_iter()
+        .map(|(g, p)| json!({"graph": g, "provider": p}))
+        .collect();
     let report = json!({
-        "model": a.model, "backend": a.backend.as_str(), "precision": m.precision,
+        "model": a.model, "backend": a.backend.as_str(), "precision": m.precision, "providers": providers,
         "load_ms": load_ms, "preprocess_ms": pre_ms, "vision_encoder_ms_per_image": vision_ms,
         "media": shots_out, "decode": decode_out, "decode_vs_context": context_curve,
         "memory_bandwidth_gb_s": bandwidth / 1e9, "decoder_weight_bytes": weight_bytes,

@@ -21,6 +21,8 @@ pub struct Args {
     backend_b: Option<BackendKind>,
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    gpu: crate::gpu::GpuArgs,
 }
 
 pub fn run(a: Args) -> Result<()> {
@@ -47,8 +49,8 @@ pub fn run(a: Args) -> Result<()> {
     if reqs.is_empty() {
         bail!("{}: no requests", a.data.display());
     }
-    let mut pa = Pipeline::load(ma, a.backend)?;
-    let mut pb = Pipeline::load(mb, a.backend_b.unwrap_or(a.backend))?;
+    let mut pa = Pipeline::load_with_gpu(ma, a.backend, &a.gpu.options())?;
+    let mut pb = Pipeline::load_with_gpu(mb, a.backend_b.unwrap_or(a.backend), &a.gpu.options())?;
     let r = flamingo_calibration::compare::compare(&mut pa, &mut pb, &reqs)?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&r)?);

@@ -59,6 +59,8 @@ pub struct Args {
     /// One JSON object per request on stdout
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    gpu: crate::gpu::GpuArgs,
 }
 
 impl Args {
@@ -101,7 +103,7 @@ pub fn to_json(g: &Generation) -> Value {
 }
 
 pub fn run(a: Args) -> Result<()> {
-    let mut p = Pipeline::load(&a.model, a.backend)?;
+    let mut p = Pipeline::load_with_gpu(&a.model, a.backend, &a.gpu.options())?;
     let defaults = a.options(&p)?;
     if let Some(batch) = &a.batch {
         return run_batch(&mut p, batch, &defaults, a.json);

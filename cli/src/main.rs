@@ -7,6 +7,7 @@ mod convert;
 mod encode;
 mod export;
 mod generate;
+mod gpu;
 mod inspect;
 mod media;
 mod progress;

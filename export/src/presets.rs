@@ -257,3 +257,66 @@ impl WeightSource for RandomWeights {
         })
     }
 }
+
+/// GPT-2's byte -> printable character map (`bytes_to_unicode`).
+fn byte_chars() -> Vec<char> {
+    let mut printable: Vec<u32> = (b'!' as u32..=b'~' as u32)
+        .chain(0xA1..=0xAC)
+        .chain(0xAE..=0xFF)
+        .collect();
+    let mut chars: Vec<u32> = printable.clone();
+    let mut n = 0;
+    for b in 0..256u32 {
+        if !printable.contains(&b) {
+            printable.push(b);
+            chars.push(256 + n);
+            n += 1;
+        }
+    }
+    let mut map = vec![' '; 256];
+    for (b, c) in printable.iter().zip(chars) {
+        map[*b as usize] = char::from_u32(c).unwrap_or('?');
+    }
+    map
+}
+
+/// A byte-level BPE `tokenizer.json` without merges (every byte one token,
+/// ids 0..256) plus the special tokens at the preset's ids: enough to run
+/// prompts through a random-weight preset.
+pub fn tokenizer_json(s: &SpecialTokens) -> String {
+    let mut vocab: serde_json::Map<String, serde_json::Value> = byte_chars()
+        .into_iter()
+        .enumerate()
+        .map(|(i, c)| (c.to_string(), serde_json::Value::from(i)))
+        .collect();
+    // special tokens keep their ids only when the model's vocab has them too
+    vocab.insert("<|endofchunk|>".into(), s.end_of_chunk.into());
+    vocab.insert("<image>".into(), s.media.into());
+    if let Some(p) = s.pad {
+        vocab.insert("<PAD>".into(), p.into());
+    }
+    let special = |id: u32, content: &str| {
+        serde_json::json!({"id": id, "content": content, "single_word": false, "lstrip": false,
+                           "rstrip": false, "normalized": false, "special": true})
+    };
+    let mut added = vec![
+        special(s.end_of_chunk, "<|endofchunk|>"),
+        special(s.media, "<image>"),
+    ];
+    if let Some(p) = s.pad {
+        added.push(special(p, "<PAD>"));
+    }
+    serde_json::json!({
+        "version": "1.0",
+        "truncation": null,
+        "padding": null,
+        "added_tokens": added,
+        "normalizer": null,
+        "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true},
+        "post_processor": null,
+        "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
+        "model": {"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
+                  "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false, "vocab": vocab, "merges": []}
+    })
+    .to_string()
+}

@@ -334,6 +334,7 @@ pub fn export_preset(
         },
         special: p.special.clone(),
         tokenizer: None,
+        tokenizer_json: Some(crate::presets::tokenizer_json(&p.special)),
         rewrite,
     };
     let tmp = temp_dir_for(out)?;
@@ -387,6 +388,8 @@ pub struct Spec<'a> {
     pub special: manifest::SpecialTokens,
     /// A tokenizer directory to copy in, if any.
     pub tokenizer: Option<PathBuf>,
+    /// Or the text of a `tokenizer.json` to write.
+    pub tokenizer_json: Option<String>,
     pub rewrite: Option<(String, Rewrite)>,
 }
 
@@ -414,6 +417,7 @@ fn write_all(
         },
         special,
         tokenizer: Some(opts.tokenizer.clone()),
+        tokenizer_json: None,
         rewrite: opts.rewrite.clone(),
     };
     write_spec(&spec, dir, progress)
@@ -468,6 +472,10 @@ pub fn write_spec(spec: &Spec, dir: &Path, progress: &mut dyn Progress) -> Resul
     }
     let tok_dir = dir.join("tokenizer");
     fs::create_dir_all(&tok_dir).map_err(io_err(&tok_dir))?;
+    if let Some(text) = &spec.tokenizer_json {
+        let p = tok_dir.join("tokenizer.json");
+        fs::write(&p, text).map_err(io_err(&p))?;
+    }
     for f in tokens::TOKENIZER_FILES {
         let Some(src) = spec.tokenizer.as_ref().map(|t| t.join(f)) else {
             break;

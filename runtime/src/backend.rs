@@ -77,16 +77,44 @@ impl BackendKind {
 
     /// Instantiates the backend (ONNX Runtime's library is loaded here).
     pub fn create(self) -> Result<Box<dyn Backend>> {
+        self.create_for(None, &crate::gpu::GpuOptions::default())
+    }
+
+    /// Instantiates the backend for a model (GPU providers take their
+    /// optimisation profiles from its manifest).
+    pub fn create_for(
+        self,
+        manifest: Option<&flamingo_export::Manifest>,
+        gpu: &crate::gpu::GpuOptions,
+    ) -> Result<Box<dyn Backend>> {
+        let _ = (manifest, gpu);
         match self {
             BackendKind::Tract => Ok(Box::new(crate::tract_backend::TractBackend)),
             #[cfg(feature = "ort")]
             BackendKind::OrtCpu => Ok(Box::new(crate::ort_backend::OrtBackend::cpu()?)),
             #[cfg(not(feature = "ort"))]
             BackendKind::OrtCpu => Err(Error::BackendDisabled("ort-cpu".into(), "ort")),
-            BackendKind::OrtCuda | BackendKind::OrtTensorRt => Err(Error::Backend {
-                backend: self.as_str().into(),
-                message: "GPU execution providers are not implemented in this build yet".into(),
-            }),
+            #[cfg(feature = "cuda")]
+            BackendKind::OrtCuda => Ok(Box::new(crate::ort_backend::OrtBackend::with(
+                crate::ort_backend::Providers::Cuda(gpu.clone()),
+                "ort-cuda",
+            )?)),
+            #[cfg(not(feature = "cuda"))]
+            BackendKind::OrtCuda => Err(Error::BackendDisabled("ort-cuda".into(), "cuda")),
+            #[cfg(feature = "tensorrt")]
+            BackendKind::OrtTensorRt => {
+                let m = manifest.ok_or_else(|| {
+                    Error::Input("ort-tensorrt needs the model's manifest".into())
+                })?;
+                Ok(Box::new(crate::ort_backend::OrtBackend::with(
+                    crate::ort_backend::Providers::TensorRt(gpu.clone(), Box::new(m.clone())),
+                    "ort-tensorrt",
+                )?))
+            }
+            #[cfg(not(feature = "tensorrt"))]
+            BackendKind::OrtTensorRt => {
+                Err(Error::BackendDisabled("ort-tensorrt".into(), "tensorrt"))
+            }
         }
     }
 }

@@ -43,6 +43,7 @@
 mod backend;
 pub mod decoder;
 mod error;
+pub mod gpu;
 mod model;
 #[cfg(feature = "ort")]
 pub mod ort_backend;

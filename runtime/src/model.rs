@@ -54,8 +54,17 @@ pub type Observer = Box<dyn FnMut(&str, &HashMap<String, Value>) + Send>;
 impl Model {
     /// Loads an export directory on `backend`.
     pub fn load(dir: &Path, backend: BackendKind) -> Result<Model> {
+        Self::load_with_gpu(dir, backend, &crate::gpu::GpuOptions::default())
+    }
+
+    /// Loads an export with GPU provider settings (ignored by CPU backends).
+    pub fn load_with_gpu(
+        dir: &Path,
+        backend: BackendKind,
+        gpu: &crate::gpu::GpuOptions,
+    ) -> Result<Model> {
         let manifest = Manifest::load(dir)?;
-        let be = backend.create()?;
+        let be = backend.create_for(Some(&manifest), gpu)?;
         Self::load_with(dir, manifest, be.as_ref(), backend)
     }
 

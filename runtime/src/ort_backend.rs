@@ -81,39 +81,129 @@ pub fn init() -> Result<(PathBuf, ort::environment::Environment)> {
     .map_err(|m| err("ort", m))
 }
 
-/// ONNX Runtime on the CPU execution provider.
+/// Which execution providers a backend registers (each falls back per node
+/// to the next, then to the CPU).
+#[derive(Clone, Debug, PartialEq)]
+pub enum Providers {
+    Cpu,
+    #[cfg(feature = "cuda")]
+    Cuda(crate::gpu::GpuOptions),
+    #[cfg(feature = "tensorrt")]
+    TensorRt(crate::gpu::GpuOptions, Box<flamingo_export::Manifest>),
+}
+
+/// ONNX Runtime with the CPU, CUDA or TensorRT execution provider.
 pub struct OrtBackend {
     env: ort::environment::Environment,
     threads: usize,
+    providers: Providers,
+    name: &'static str,
 }
 
 impl OrtBackend {
     pub fn cpu() -> Result<OrtBackend> {
+        Self::with(Providers::Cpu, "ort-cpu")
+    }
+
+    pub fn with(providers: Providers, name: &'static str) -> Result<OrtBackend> {
         let (_, env) = init()?;
         Ok(OrtBackend {
             env,
             threads: std::thread::available_parallelism()
                 .map(|n| n.get())
                 .unwrap_or(1),
+            providers,
+            name,
         })
     }
+
+    /// The execution providers for the graph at `path`, most preferred first.
+    fn dispatch(&self, path: &Path) -> Result<Vec<ort::ep::ExecutionProviderDispatch>> {
+        let _role = path.file_stem().and_then(|s| s.to_str()).unwrap_or("graph");
+        match &self.providers {
+            Providers::Cpu => Ok(vec![]),
+            #[cfg(feature = "cuda")]
+            Providers::Cuda(o) => Ok(vec![cuda(o).build().error_on_failure()]),
+            #[cfg(feature = "tensorrt")]
+            Providers::TensorRt(o, m) => {
+                let dir = path.parent().unwrap_or(Path::new("."));
+                let cache = crate::gpu::engine_cache_dir(dir, _role, o);
+                std::fs::create_dir_all(&cache)
+                    .map_err(|e| err(self.name, format!("{}: {e}", cache.display())))?;
+                let mut trt = ort::ep::TensorRT::default()
+                    .with_device_id(o.device_id)
+                    .with_fp16(o.trt_fp16)
+                    .with_int8(o.trt_int8)
+                    .with_engine_cache(true)
+                    .with_engine_cache_path(cache.display())
+                    .with_timing_cache(true)
+                    .with_timing_cache_path(cache.display());
+                if let Some(t) = crate::gpu::calibration_table(_role, o) {
+                    trt = trt.with_int8_calibration_table_name(t.display());
+                }
+                if let Ok(g) = m.graph(_role) {
+                    let p = crate::gpu::profile(m, g, &o.limits);
+                    if !p.min.is_empty() {
+                        use crate::gpu::Profile;
+                        trt = trt
+                            .with_profile_min_shapes(Profile::shapes(&p.min))
+                            .with_profile_opt_shapes(Profile::shapes(&p.opt))
+                            .with_profile_max_shapes(Profile::shapes(&p.max));
+                    }
+                }
+                Ok(vec![trt.build().error_on_failure(), cuda(o).build()])
+            }
+        }
+    }
+}
+
+#[cfg(feature = "cuda")]
+fn cuda(o: &crate::gpu::GpuOptions) -> ort::ep::CUDA {
+    let mut c = ort::ep::CUDA::default().with_device_id(o.device_id);
+    if let Some(limit) = o.memory_limit {
+        c = c.with_memory_limit(limit);
+    }
+    c
 }
 
 impl Backend for OrtBackend {
     fn name(&self) -> &'static str {
-        "ort-cpu"
+        self.name
     }
     fn load(&self, path: &Path) -> Result<Box<dyn Session>> {
-        let ctx = |e: ort::Error| err("ort-cpu", format!("loading {}: {e}", path.display()));
-        let session = OrtSession::builder(&self.env)
+        let name = self.name;
+        let ctx = |e: ort::Error| {
+            let hint = if name == "ort-cpu" {
+                String::new()
+            } else {
+                " (the GPU provider needs a GPU, the onnxruntime-gpu libraries with \
+                  libonnxruntime_providers_cuda.so (and _tensorrt.so) beside libonnxruntime.so, \
+                  and CUDA 13 / cuDNN 9 / TensorRT on the library path)"
+                    .to_string()
+            };
+            err(name, format!("loading {}: {e}{hint}", path.display()))
+        };
+        let eps = self.dispatch(path)?;
+        let mut b = OrtSession::builder(&self.env)
             .map_err(ctx)?
             .with_optimization_level(GraphOptimizationLevel::Level3)
             .map_err(|e| ctx(e.into()))?
             .with_intra_threads(self.threads)
-            .map_err(|e| ctx(e.into()))?
-            .commit_from_file(path)
-            .map_err(ctx)?;
-        Ok(Box::new(OrtCpuSession { session }))
+            .map_err(|e| ctx(e.into()))?;
+        if !eps.is_empty() {
+            b = b.with_execution_providers(eps).map_err(|e| ctx(e.into()))?;
+        }
+        let session = b.commit_from_file(path).map_err(ctx)?;
+        Ok(Box::new(OrtCpuSession {
+            session,
+            provider: match name {
+                "ort-cuda" => "ort:CUDAExecutionProvider (CPU fallback per node)",
+                "ort-tensorrt" => {
+                    "ort:TensorrtExecutionProvider (CUDA, then CPU fallback per node)"
+                }
+                _ => "ort:CPUExecutionProvider",
+            },
+        }))
     }
 }
 
@@ -131,6 +221,7 @@ fn to_array<T: Copy>(shape: &[i64], data: &[T]) -> Result<ndarray::ArrayD<T>> {
 
 struct OrtCpuSession {
     session: OrtSession,
+    provider: &'static str,
 }
 
 impl Session for OrtCpuSession {
@@ -179,6 +270,6 @@ impl Session for OrtCpuSession {
         Ok(res)
     }
     fn provider(&self) -> String {
-        "ort:CPUExecutionProvider".into()
+        self.provider.into()
     }
 }

@@ -126,7 +126,16 @@ pub const DEFAULT_MEDIA_CACHE_BYTES: usize = 256 << 20;
 impl Pipeline {
     /// Loads an export directory (graphs and tokenizer) on `backend`.
     pub fn load(dir: &Path, backend: BackendKind) -> Result<Pipeline> {
-        let model = Model::load(dir, backend)?;
+        Self::load_with_gpu(dir, backend, &crate::gpu::GpuOptions::default())
+    }
+
+    /// Loads with GPU provider settings (ignored by the CPU backends).
+    pub fn load_with_gpu(
+        dir: &Path,
+        backend: BackendKind,
+        gpu: &crate::gpu::GpuOptions,
+    ) -> Result<Pipeline> {
+        let model = Model::load_with_gpu(dir, backend, gpu)?;
         let tokenizer = Tokenizer::load(&dir.join("tokenizer"))?;
         Ok(Pipeline {
             model,
