@@ -46,15 +46,5 @@ pub fn infer(g: &Graph) -> Result<HashMap<String, DType>, String> {
 }
 
 pub fn from_code(code: i64) -> Result<DType, String> {
-    Ok(match code {
-        1 => DType::F32,
-        2 => DType::U8,
-        3 => DType::I8,
-        6 => DType::I32,
-        7 => DType::I64,
-        9 => DType::Bool,
-        10 => DType::F16,
-        16 => DType::BF16,
-        c => return Err(format!("unsupported Cast target {c}")),
-    })
+    DType::from_onnx_code(code).ok_or_else(|| format!("unsupported Cast target {code}"))
 }

@@ -3,7 +3,7 @@
 use std::io::IsTerminal;
 use std::path::PathBuf;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use flamingo_calibration::observe::Method;
 use flamingo_runtime::{BackendKind, GenerateOptions};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -52,23 +52,11 @@ pub fn run(a: Args) -> Result<()> {
             a.out.display()
         );
     }
-    let text = std::fs::read_to_string(&a.data)
-        .with_context(|| format!("reading {}", a.data.display()))?;
-    let base = a.data.parent().map(|p| p.to_path_buf()).unwrap_or_default();
     let defaults = GenerateOptions {
         max_new_tokens: 4,
         ..Default::default()
     };
-    let mut reqs = Vec::new();
-    for (i, line) in text
-        .lines()
-        .enumerate()
-        .filter(|(_, l)| !l.trim().is_empty())
-    {
-        let r = crate::generate::parse_request(line, &base, &defaults)
-            .map_err(|e| anyhow::anyhow!("{}:{}: {e}", a.data.display(), i + 1))?;
-        reqs.push(r);
-    }
+    let mut reqs = crate::generate::read_requests(&a.data, &defaults)?;
     if let Some(n) = a.samples {
         reqs.truncate(n);
     }

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use flamingo_runtime::{BackendKind, GenerateOptions, Pipeline};
 
 #[derive(clap::Args)]
@@ -29,23 +29,11 @@ pub fn run(a: Args) -> Result<()> {
     let [ma, mb] = &a.models[..] else {
         bail!("give exactly two --model directories (reference, candidate)");
     };
-    let text = std::fs::read_to_string(&a.data)
-        .with_context(|| format!("reading {}", a.data.display()))?;
-    let base = a.data.parent().map(|p| p.to_path_buf()).unwrap_or_default();
     let defaults = GenerateOptions {
         max_new_tokens: 10,
         ..Default::default()
     };
-    let mut reqs = Vec::new();
-    for (i, line) in text
-        .lines()
-        .enumerate()
-        .filter(|(_, l)| !l.trim().is_empty())
-    {
-        let r = crate::generate::parse_request(line, &base, &defaults)
-            .map_err(|e| anyhow::anyhow!("{}:{}: {e}", a.data.display(), i + 1))?;
-        reqs.push(r);
-    }
+    let reqs = crate::generate::read_requests(&a.data, &defaults)?;
     if reqs.is_empty() {
         bail!("{}: no requests", a.data.display());
     }

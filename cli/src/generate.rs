@@ -196,6 +196,25 @@ pub fn parse_request(
     })
 }
 
+/// Every request of a JSONL file (blank lines skipped); the first bad line is
+/// an error naming the file and line.
+pub fn read_requests(path: &Path, defaults: &GenerateOptions) -> Result<Vec<Request>> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+    let mut reqs = Vec::new();
+    for (i, line) in text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+    {
+        let r = parse_request(line, &base, defaults)
+            .map_err(|e| anyhow::anyhow!("{}:{}: {e}", path.display(), i + 1))?;
+        reqs.push(r);
+    }
+    Ok(reqs)
+}
+
 fn run_batch(p: &mut Pipeline, path: &Path, defaults: &GenerateOptions, json: bool) -> Result<()> {
     let f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
     let base = path.parent().map(Path::to_path_buf).unwrap_or_default();

@@ -100,17 +100,7 @@ fn push_ints(out: &mut Vec<i64>, f: &Field) -> std::result::Result<(), ()> {
 }
 
 fn dtype_of(code: u64) -> Option<DType> {
-    Some(match code {
-        1 => DType::F32,
-        2 => DType::U8,
-        3 => DType::I8,
-        6 => DType::I32,
-        7 => DType::I64,
-        9 => DType::Bool,
-        10 => DType::F16,
-        16 => DType::BF16,
-        _ => return None,
-    })
+    DType::from_onnx_code(code as i64)
 }
 
 type Bad = Box<dyn Fn(&str) -> crate::Error>;

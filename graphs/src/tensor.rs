@@ -35,6 +35,22 @@ impl DType {
         }
     }
 
+    /// The type of an ONNX `TensorProto.DataType` code, if supported.
+    pub fn from_onnx_code(code: i64) -> Option<DType> {
+        [
+            DType::F32,
+            DType::U8,
+            DType::I8,
+            DType::I32,
+            DType::I64,
+            DType::Bool,
+            DType::F16,
+            DType::BF16,
+        ]
+        .into_iter()
+        .find(|d| d.onnx_code() as i64 == code)
+    }
+
     pub fn size(self) -> usize {
         match self {
             DType::F32 | DType::I32 => 4,
