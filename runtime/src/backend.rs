@@ -31,6 +31,23 @@ impl Value {
     }
 }
 
+/// A borrowed input: backends that can read the caller's memory (ONNX
+/// Runtime) do so without a copy.
+#[derive(Clone, Debug)]
+pub enum ValueRef<'a> {
+    F32(ndarray::ArrayViewD<'a, f32>),
+    I64(ndarray::ArrayViewD<'a, i64>),
+}
+
+impl Value {
+    pub fn view(&self) -> ValueRef<'_> {
+        match self {
+            Value::F32(a) => ValueRef::F32(a.view()),
+            Value::I64(a) => ValueRef::I64(a.view()),
+        }
+    }
+}
+
 /// Loads graphs into sessions.
 pub trait Backend: Send + Sync {
     fn name(&self) -> &'static str;
@@ -41,7 +58,7 @@ pub trait Backend: Send + Sync {
 /// A loaded graph.
 pub trait Session: Send {
     /// Runs the graph; `inputs` by name, every graph input given. Returns the outputs by name.
-    fn run(&mut self, inputs: Vec<(&str, Value)>) -> Result<HashMap<String, Value>>;
+    fn run(&mut self, inputs: Vec<(&str, ValueRef<'_>)>) -> Result<HashMap<String, Value>>;
     /// Which engine/provider runs this graph (`tract`, `ort:CPUExecutionProvider`).
     fn provider(&self) -> String;
 }

@@ -5,7 +5,7 @@
 use flamingo_graphs::contract as io;
 use ndarray::{Array2, ArrayD, Axis, IxDyn};
 
-use crate::backend::Value;
+use crate::backend::ValueRef;
 use crate::model::Model;
 use crate::{Error, Result};
 
@@ -77,7 +77,10 @@ pub struct Step {
 impl Model {
     /// The media K/V (visual-latent cache) of `latents [B,T,n,D]`.
     pub fn media_kv(&mut self, latents: ArrayD<f32>) -> Result<MediaKv> {
-        let out = self.run_graph("media_kv", vec![(io::LATENTS, Value::F32(latents))])?;
+        let out = self.run_graph(
+            "media_kv",
+            vec![(io::LATENTS, ValueRef::F32(latents.view()))],
+        )?;
         let mut tensors = Vec::new();
         for i in self.manifest.model.decoder.gated_layers.clone() {
             for name in [io::media_key(i), io::media_value(i)] {
@@ -141,48 +144,48 @@ impl Model {
                 d.vocab_size
             )));
         }
-        let mut inputs: Vec<(String, Value)> = vec![
-            (
-                io::INPUT_IDS.into(),
-                Value::I64(step.input_ids.clone().into_dyn()),
-            ),
-            (
-                io::ATTENTION_MASK.into(),
-                Value::I64(step.attention_mask.clone().into_dyn()),
-            ),
-            (
-                io::MEDIA_TIME.into(),
-                Value::I64(step.media_time.clone().into_dyn()),
-            ),
-            (
-                io::NUM_LOGITS_TO_KEEP.into(),
-                Value::I64(ArrayD::from_elem(IxDyn(&[1]), step.keep.clamp(1, s) as i64)),
-            ),
-        ];
-        if d.uses_position_ids {
-            inputs.push((
-                io::POSITION_IDS.into(),
-                Value::I64(step.position_ids.clone().into_dyn()),
-            ));
-        }
-        for (i, (k, v)) in cache.layers.iter().enumerate() {
-            inputs.push((io::past_key(i), Value::F32(k.clone())));
-            inputs.push((io::past_value(i), Value::F32(v.clone())));
-        }
-        for (name, t) in &media.tensors {
+        for (_, t) in &media.tensors {
             if t.shape()[0] != b {
                 return Err(Error::Input(format!(
                     "media K/V batch {} != token batch {b}",
                     t.shape()[0]
                 )));
             }
-            inputs.push((name.clone(), Value::F32(t.clone())));
         }
-        let refs = inputs
-            .iter()
-            .map(|(n, v)| (n.as_str(), v.clone()))
+        // inputs are borrowed: the caches are not copied to call the graph
+        let keep = ArrayD::from_elem(IxDyn(&[1]), step.keep.clamp(1, s) as i64);
+        let past_names: Vec<(String, String)> = (0..cache.layers.len())
+            .map(|i| (io::past_key(i), io::past_value(i)))
             .collect();
-        let mut out = self.run_graph("decoder", refs)?;
+        let mut inputs: Vec<(&str, ValueRef<'_>)> = vec![
+            (
+                io::INPUT_IDS,
+                ValueRef::I64(step.input_ids.view().into_dyn()),
+            ),
+            (
+                io::ATTENTION_MASK,
+                ValueRef::I64(step.attention_mask.view().into_dyn()),
+            ),
+            (
+                io::MEDIA_TIME,
+                ValueRef::I64(step.media_time.view().into_dyn()),
+            ),
+            (io::NUM_LOGITS_TO_KEEP, ValueRef::I64(keep.view())),
+        ];
+        if d.uses_position_ids {
+            inputs.push((
+                io::POSITION_IDS,
+                ValueRef::I64(step.position_ids.view().into_dyn()),
+            ));
+        }
+        for ((kn, vn), (k, v)) in past_names.iter().zip(&cache.layers) {
+            inputs.push((kn, ValueRef::F32(k.view())));
+            inputs.push((vn, ValueRef::F32(v.view())));
+        }
+        for (name, t) in &media.tensors {
+            inputs.push((name, ValueRef::F32(t.view())));
+        }
+        let mut out = self.run_graph("decoder", inputs)?;
         for (i, layer) in cache.layers.iter_mut().enumerate() {
             let k = out
                 .remove(&io::present_key(i))

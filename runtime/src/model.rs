@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use flamingo_export::Manifest;
 use ndarray::{Array4, ArrayD, Axis};
 
-use crate::backend::{Backend, BackendKind, Session, Value};
+use crate::backend::{Backend, BackendKind, Session, Value, ValueRef};
 use crate::preprocess::{load_image, preprocess};
 use crate::{Error, Result};
 
@@ -126,7 +126,7 @@ impl Model {
     pub(crate) fn run_graph(
         &mut self,
         role: &str,
-        inputs: Vec<(&str, Value)>,
+        inputs: Vec<(&str, ValueRef<'_>)>,
     ) -> Result<HashMap<String, Value>> {
         let session = match role {
             "vision_encoder" => Some(&mut self.vision),
@@ -164,8 +164,10 @@ impl Model {
                 pixels.shape()
             )));
         }
-        let mut out =
-            self.run_graph("vision_encoder", vec![("pixel_values", Value::F32(pixels))])?;
+        let mut out = self.run_graph(
+            "vision_encoder",
+            vec![("pixel_values", ValueRef::F32(pixels.view()))],
+        )?;
         take(&mut out, "vision_tokens")
     }
 
@@ -195,7 +197,10 @@ impl Model {
                 )));
             }
         }
-        let mut out = self.run_graph("resampler", vec![("vision_tokens", Value::F32(tokens))])?;
+        let mut out = self.run_graph(
+            "resampler",
+            vec![("vision_tokens", ValueRef::F32(tokens.view()))],
+        )?;
         take(&mut out, "latents")
     }
 

@@ -9,9 +9,9 @@ use std::sync::OnceLock;
 
 use ort::session::builder::GraphOptimizationLevel;
 use ort::session::Session as OrtSession;
-use ort::value::Tensor;
+use ort::value::{Tensor, TensorRef};
 
-use crate::backend::{Backend, Session, Value};
+use crate::backend::{Backend, Session, Value, ValueRef};
 use crate::{Error, Result};
 
 fn err(backend: &str, e: impl std::fmt::Display) -> Error {
@@ -225,27 +225,29 @@ struct OrtCpuSession {
 }
 
 impl Session for OrtCpuSession {
-    fn run(&mut self, inputs: Vec<(&str, Value)>) -> Result<HashMap<String, Value>> {
-        let e = |e: ort::Error| err("ort-cpu", e);
-        let mut ins: Vec<(String, ort::session::SessionInputValue<'_>)> = Vec::new();
-        for (name, v) in inputs {
+    fn run(&mut self, inputs: Vec<(&str, ValueRef<'_>)>) -> Result<HashMap<String, Value>> {
+        let e = |e: ort::Error| err("ort", e);
+        fn input<
+            'v,
+            T: ort::value::PrimitiveTensorElementType + Clone + std::fmt::Debug + 'static,
+        >(
+            a: &'v ndarray::ArrayViewD<'v, T>,
+        ) -> std::result::Result<ort::session::SessionInputValue<'v>, ort::Error> {
+            let shape: Vec<i64> = a.shape().iter().map(|&d| d as i64).collect();
+            Ok(match a.as_slice() {
+                // contiguous: ONNX Runtime reads our memory, no copy
+                Some(data) => TensorRef::from_array_view((shape, data))?.into_dyn().into(),
+                None => Tensor::from_array((shape, a.iter().cloned().collect::<Vec<T>>()))?
+                    .into_dyn()
+                    .into(),
+            })
+        }
+        let mut ins: Vec<(String, ort::session::SessionInputValue<'_>)> =
+            Vec::with_capacity(inputs.len());
+        for (name, v) in &inputs {
             let value = match v {
-                Value::F32(a) => {
-                    let shape: Vec<i64> = a.shape().iter().map(|&d| d as i64).collect();
-                    let data = a.as_standard_layout().iter().copied().collect::<Vec<f32>>();
-                    Tensor::from_array((shape, data))
-                        .map_err(e)?
-                        .into_dyn()
-                        .into()
-                }
-                Value::I64(a) => {
-                    let shape: Vec<i64> = a.shape().iter().map(|&d| d as i64).collect();
-                    let data = a.as_standard_layout().iter().copied().collect::<Vec<i64>>();
-                    Tensor::from_array((shape, data))
-                        .map_err(e)?
-                        .into_dyn()
-                        .into()
-                }
+                ValueRef::F32(a) => input(a).map_err(e)?,
+                ValueRef::I64(a) => input(a).map_err(e)?,
             };
             ins.push((name.to_string(), value));
         }

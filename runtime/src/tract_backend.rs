@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use tract_onnx::prelude::*;
 
-use crate::backend::{Backend, Session, Value};
+use crate::backend::{Backend, Session, Value, ValueRef};
 use crate::{Error, Result};
 
 pub struct TractBackend;
@@ -60,16 +60,16 @@ struct TractSession {
 }
 
 impl Session for TractSession {
-    fn run(&mut self, inputs: Vec<(&str, Value)>) -> Result<HashMap<String, Value>> {
-        let mut by_name: HashMap<&str, Value> = inputs.into_iter().collect();
+    fn run(&mut self, inputs: Vec<(&str, ValueRef<'_>)>) -> Result<HashMap<String, Value>> {
+        let mut by_name: HashMap<&str, ValueRef<'_>> = inputs.into_iter().collect();
         let mut tv: TVec<TValue> = tvec![];
         for name in &self.inputs {
             let v = by_name
                 .remove(name.as_str())
                 .ok_or_else(|| Error::Input(format!("graph input `{name}` not given")))?;
             let t: Tensor = match v {
-                Value::F32(a) => a.into(),
-                Value::I64(a) => a.into(),
+                ValueRef::F32(a) => a.to_owned().into(),
+                ValueRef::I64(a) => a.to_owned().into(),
             };
             tv.push(t.into());
         }

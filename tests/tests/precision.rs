@@ -218,7 +218,7 @@ fn weight_only_int8_and_int4_stay_close_to_fp32() -> Result<()> {
 fn int4_packing_is_what_onnx_runtime_reads() -> Result<()> {
     use flamingo_calibration::weights::{quantize_weights, WeightBits};
     use flamingo_graphs::{DType, Dim, GraphBuilder, Tensor, WeightSource};
-    use flamingo_runtime::{BackendKind, Value};
+    use flamingo_runtime::BackendKind;
 
     struct W(Tensor);
     impl WeightSource for W {
@@ -288,7 +288,7 @@ fn int4_packing_is_what_onnx_runtime_reads() -> Result<()> {
         let mut sess = be.load(&written.model)?;
         let x = ndarray::ArrayD::from_shape_vec(vec![2, k], xs.clone())?;
         let out = sess
-            .run(vec![("x", Value::F32(x))])?
+            .run(vec![("x", flamingo_runtime::ValueRef::F32(x.view()))])?
             .remove("y")
             .context("y")?
             .into_f32("y")?;
