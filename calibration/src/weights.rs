@@ -286,6 +286,8 @@ pub fn quantize_weights(g: &Graph, bits: WeightBits) -> Result<Graph, String> {
                             ("N".into(), Attr::Int(n_out as i64)),
                             ("bits".into(), Attr::Int(4)),
                             ("block_size".into(), Attr::Int(block_size as i64)),
+                            // int8 activations per block: ONNX Runtime's fast 4-bit kernels
+                            ("accuracy_level".into(), Attr::Int(4)),
                         ],
                         keep_fp32: false,
                     },
