@@ -63,7 +63,10 @@ pub fn write(
                 data = Some((BufWriter::with_capacity(1 << 20, f), 0));
             }
             let Some((w, pos)) = data.as_mut() else {
-                unreachable!("data file opened above")
+                return Err(Error::Graph {
+                    graph: graph.name.clone(),
+                    message: "external data file not open".into(),
+                });
             };
             let pad = (ALIGN - *pos % ALIGN) % ALIGN;
             w.write_all(&vec![0u8; pad as usize])
