@@ -25,30 +25,46 @@ pub fn run(a: Args) -> Result<()> {
     if a.precision != "fp16" {
         bail!("unknown --precision {} (fp16)", a.precision);
     }
-    let src = flamingo_export::Manifest::load(&a.input)?;
-    if src.precision != "fp32" {
-        bail!(
-            "{} is already {}; convert from an fp32 export",
-            a.input.display(),
-            src.precision
-        );
-    }
-    let mut bars = crate::progress::Bars::new(!a.json && std::io::stderr().is_terminal());
-    let m = flamingo_calibration::convert::convert(
+    rewrite_export(
         &a.input,
         &a.out,
         a.force,
+        a.json,
         "fp16",
+        "converted",
         &|_, g| flamingo_calibration::fp16::to_fp16(g).map(Some),
-        &mut bars,
-    )?;
-    if a.json {
+    )
+}
+
+/// Rewrites the fp32 export `input` into `out` (`convert`, `quantize`):
+/// refuses a non-fp32 source, shows progress, prints the manifest or a line.
+pub fn rewrite_export(
+    input: &std::path::Path,
+    out: &std::path::Path,
+    force: bool,
+    json: bool,
+    precision: &str,
+    verb: &str,
+    rewrite: flamingo_calibration::convert::RoleRewrite,
+) -> Result<()> {
+    let src = flamingo_export::Manifest::load(input)?;
+    if src.precision != "fp32" {
+        bail!(
+            "{} is already {}; start from an fp32 export",
+            input.display(),
+            src.precision
+        );
+    }
+    let mut bars = crate::progress::Bars::new(!json && std::io::stderr().is_terminal());
+    let m =
+        flamingo_calibration::convert::convert(input, out, force, precision, rewrite, &mut bars)?;
+    if json {
         println!("{}", m.to_json());
     } else {
         println!(
-            "converted {} to {} ({})",
-            a.input.display(),
-            a.out.display(),
+            "{verb} {} to {} ({})",
+            input.display(),
+            out.display(),
             m.precision
         );
     }

@@ -1,6 +1,5 @@
 //! `flamingo quantize`: weight-only int8 / int4 quantisation of an fp32 export.
 
-use std::io::IsTerminal;
 use std::path::PathBuf;
 
 use anyhow::{bail, Result};
@@ -35,21 +34,14 @@ pub fn run(a: Args) -> Result<()> {
         },
         other => bail!("--weights {other}: expected int8 or int4"),
     };
-    let src = flamingo_export::Manifest::load(&a.input)?;
-    if src.precision != "fp32" {
-        bail!(
-            "{} is {}; quantise an fp32 export",
-            a.input.display(),
-            src.precision
-        );
-    }
     let vision = a.include_vision;
-    let mut bars = crate::progress::Bars::new(!a.json && std::io::stderr().is_terminal());
-    let m = flamingo_calibration::convert::convert(
+    crate::convert::rewrite_export(
         &a.input,
         &a.out,
         a.force,
+        a.json,
         bits.name(),
+        "quantised",
         &|role, g| {
             if vision || role == "decoder" {
                 quantize_weights(g, bits).map(Some)
@@ -57,17 +49,5 @@ pub fn run(a: Args) -> Result<()> {
                 Ok(None)
             }
         },
-        &mut bars,
-    )?;
-    if a.json {
-        println!("{}", m.to_json());
-    } else {
-        println!(
-            "quantised {} to {} ({})",
-            a.input.display(),
-            a.out.display(),
-            m.precision
-        );
-    }
-    Ok(())
+    )
 }

@@ -33,6 +33,15 @@ pub fn cases(name: &str) -> Result<serde_json::Value> {
     Ok(serde_json::from_str(&std::fs::read_to_string(&p)?)?)
 }
 
+/// The case called `name` in a fixture's `cases.json`.
+pub fn named_case(fixture: &str, name: &str) -> Result<serde_json::Value> {
+    cases(fixture)?["cases"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["name"] == name))
+        .cloned()
+        .with_context(|| format!("{fixture}: no `{name}` case"))
+}
+
 /// Export options for a fixture into `out`.
 pub fn export_options(name: &str, out: &Path) -> Result<ExportOptions> {
     let f = fixture(name);

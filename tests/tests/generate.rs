@@ -84,11 +84,7 @@ fn candidate_log_probabilities_match_the_reference() -> Result<()> {
     for backend in BACKENDS {
         for fx in IMAGE_FIXTURES {
             let mut p = Pipeline::load(&exported(fx)?, backend)?;
-            let all = cases(fx)?;
-            let case = all["cases"]
-                .as_array()
-                .and_then(|c| c.iter().find(|c| c["name"] == "scoring"))
-                .context("scoring case")?;
+            let case = &named_case(fx, "scoring")?;
             let cands: Vec<String> = case["candidates"]
                 .as_array()
                 .context("candidates")?
@@ -127,11 +123,7 @@ fn a_left_padded_batch_with_different_media_counts_equals_the_reference() -> Res
     for backend in BACKENDS {
         for fx in IMAGE_FIXTURES {
             let mut p = Pipeline::load(&exported(fx)?, backend)?;
-            let all = cases(fx)?;
-            let case = all["cases"]
-                .as_array()
-                .and_then(|c| c.iter().find(|c| c["name"] == "batch-left-pad"))
-                .context("batch case")?;
+            let case = &named_case(fx, "batch-left-pad")?;
             let spec = &case["greedy"];
             let mut reqs = Vec::new();
             for (r, prompt) in case["prompts"]
