@@ -2,7 +2,7 @@
 //! write int8 QDQ graphs, TensorRT calibration caches, ONNX Runtime TensorRT
 //! tables and a JSON report: all into one directory, atomically.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
@@ -11,6 +11,7 @@ use flamingo_runtime::{BackendKind, Pipeline, Request, Value};
 use serde::Serialize;
 
 use crate::convert::convert_with;
+use crate::gptq::{Hessian, Hessians};
 use crate::observe::{observed_output, observed_tensors, with_observers, Method, Range, Stats};
 use crate::{qdq, tables};
 
@@ -32,59 +33,59 @@ fn cfg_err(path: &Path, message: String) -> Error {
     }
 }
 
-/// Observes the activations of every graph of `model` over `requests`.
-/// `tick` is called after each request.
-pub fn observe(
+/// A consumer of observed activations: `(graph role, tensor name, value)`.
+pub type Sink = Box<dyn FnMut(&str, &str, &ndarray::ArrayD<f32>) + Send>;
+
+/// Runs the fp32 graphs of `model` over `requests` (generation, as
+/// `flamingo generate` would) with the tensors `select(role, graph)` names
+/// exposed, handing each observed value to `sink`. `tick` is called after
+/// each request. The instrumented copy of the export lives in a scratch
+/// directory that is removed afterwards, whatever happens.
+pub fn observe_with(
     model: &Path,
     requests: &[Request],
-    method: Method,
     backend: BackendKind,
+    select: &dyn Fn(&str, &flamingo_graphs::Graph) -> Vec<String>,
+    sink: Sink,
     tick: &mut dyn FnMut(usize),
-) -> Result<Ranges> {
+) -> Result<()> {
     if requests.is_empty() {
         return Err(cfg_err(model, "no calibration requests".into()));
     }
-    // an export with the observed activations as extra outputs (scratch)
     static RUN: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let run = RUN.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let scratch =
         std::env::temp_dir().join(format!("flamingo-observe-{}-{run}", std::process::id()));
     let _ = std::fs::remove_dir_all(&scratch);
-    let mut watched: HashMap<String, HashSet<String>> = HashMap::new();
+    let mut watched: HashMap<String, Vec<String>> = HashMap::new();
     let m = Manifest::load(model)?;
     for (role, info) in &m.graphs {
         let (g, _) = onnx_read::read(&model.join(&info.file))?;
-        watched.insert(role.clone(), observed_tensors(&g).into_iter().collect());
+        watched.insert(role.clone(), select(role, &g));
     }
     let w = watched.clone();
-    let result = (|| -> Result<Ranges> {
+    let result = (|| -> Result<()> {
         convert_with(
             model,
             &scratch,
             true,
             &m.precision,
             &|role, g| {
-                Ok(Some(with_observers(
-                    g,
-                    &w[role].iter().cloned().collect::<Vec<_>>(),
-                )))
+                let names = w.get(role).cloned().unwrap_or_default();
+                Ok((!names.is_empty()).then(|| with_observers(g, &names)))
             },
             &|_| Ok(()),
             &mut NoProgress,
         )?;
-        let stats: Arc<Mutex<HashMap<(String, String), Stats>>> = Arc::default();
         let mut p = Pipeline::load(&scratch, backend).map_err(|e| cfg_err(model, e.to_string()))?;
-        let st = stats.clone();
-        let w2 = watched.clone();
+        let sink = Arc::new(Mutex::new(sink));
+        let s2 = sink.clone();
         p.model.set_observer(Some(Box::new(
             move |role: &str, outs: &HashMap<String, Value>| {
-                let Ok(mut st) = st.lock() else { return };
-                for name in w2.get(role).into_iter().flatten() {
+                let Ok(mut sink) = s2.lock() else { return };
+                for name in watched.get(role).into_iter().flatten() {
                     if let Some(Value::F32(a)) = outs.get(&observed_output(name)) {
-                        let v: Vec<f32> = a.iter().copied().collect();
-                        st.entry((role.to_string(), name.clone()))
-                            .or_default()
-                            .observe(&v);
+                        (*sink)(role, name, a);
                     }
                 }
             },
@@ -94,25 +95,89 @@ pub fn observe(
                 .map_err(|e| cfg_err(model, format!("calibration request {}: {e}", i + 1)))?;
             tick(i + 1);
         }
-        let st = stats
-            .lock()
-            .map_err(|_| cfg_err(model, "observer poisoned".into()))?;
-        let mut ranges = Ranges::new();
-        for ((role, name), s) in st.iter() {
-            ranges.entry(role.clone()).or_default().insert(
-                name.clone(),
-                Range {
-                    min: s.min,
-                    max: s.max,
-                    threshold: s.threshold(method),
-                    count: s.count,
-                },
-            );
-        }
-        Ok(ranges)
+        Ok(())
     })();
     let _ = std::fs::remove_dir_all(&scratch);
     result
+}
+
+/// Observes the activations static int8 quantises (every graph of `model`)
+/// over `requests` and picks each tensor's range by `method`.
+pub fn observe(
+    model: &Path,
+    requests: &[Request],
+    method: Method,
+    backend: BackendKind,
+    tick: &mut dyn FnMut(usize),
+) -> Result<Ranges> {
+    let stats: Arc<Mutex<HashMap<(String, String), Stats>>> = Arc::default();
+    let st = stats.clone();
+    observe_with(
+        model,
+        requests,
+        backend,
+        &|_, g| observed_tensors(g),
+        Box::new(move |role, name, a| {
+            let Ok(mut st) = st.lock() else { return };
+            let v: Vec<f32> = a.iter().copied().collect();
+            st.entry((role.to_string(), name.to_string()))
+                .or_default()
+                .observe(&v);
+        }),
+        tick,
+    )?;
+    let st = stats
+        .lock()
+        .map_err(|_| cfg_err(model, "observer poisoned".into()))?;
+    let mut ranges = Ranges::new();
+    for ((role, name), s) in st.iter() {
+        ranges.entry(role.clone()).or_default().insert(
+            name.clone(),
+            Range {
+                min: s.min,
+                max: s.max,
+                threshold: s.threshold(method),
+                count: s.count,
+            },
+        );
+    }
+    Ok(ranges)
+}
+
+/// The Hessians GPTQ needs (see [`crate::gptq`]): `XᵀX` of every activation
+/// feeding a decoder MatMul with an initializer weight, over `requests`.
+pub fn hessians(
+    model: &Path,
+    requests: &[Request],
+    backend: BackendKind,
+    tick: &mut dyn FnMut(usize),
+) -> Result<Hessians> {
+    let acc: Arc<Mutex<Hessians>> = Arc::default();
+    let a2 = acc.clone();
+    observe_with(
+        model,
+        requests,
+        backend,
+        &|role, g| {
+            if role == "decoder" {
+                observed_tensors(g)
+            } else {
+                Vec::new()
+            }
+        },
+        Box::new(move |_, name, x| {
+            let Ok(mut acc) = a2.lock() else { return };
+            let Some(&k) = x.shape().last() else { return };
+            acc.entry(name.to_string())
+                .or_insert_with(|| Hessian::new(k))
+                .add(x);
+        }),
+        tick,
+    )?;
+    let mut acc = acc
+        .lock()
+        .map_err(|_| cfg_err(model, "observer poisoned".into()))?;
+    Ok(std::mem::take(&mut *acc))
 }
 
 /// Writes the calibrated export: QDQ graphs (+ manifest, tokenizer) and

@@ -11,6 +11,7 @@ pub mod compare;
 pub mod convert;
 pub mod dtypes;
 pub mod fp16;
+pub mod gptq;
 pub mod observe;
 pub mod qdq;
 pub mod tables;

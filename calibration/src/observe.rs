@@ -158,8 +158,10 @@ pub fn observed_tensors(g: &Graph) -> Vec<String> {
     let mut seen = HashSet::new();
     let mut out = Vec::new();
     for n in &g.nodes {
-        if matches!(n.op_type.as_str(), "MatMul" | "Gemm" | "Conv")
-            && n.inputs.len() >= 2
+        if matches!(
+            n.op_type.as_str(),
+            "MatMul" | "Gemm" | "Conv" | "MatMulNBits"
+        ) && n.inputs.len() >= 2
             && inits.contains(n.inputs[1].as_str())
             && !inits.contains(n.inputs[0].as_str())
             && seen.insert(n.inputs[0].clone())

@@ -16,6 +16,8 @@ use std::collections::HashMap;
 
 use flamingo_graphs::{Attr, DType, Graph, Node, Tensor};
 
+use crate::gptq::{quantize_row, refit_scales, Compensation, Hessians};
+
 /// What to quantise weights to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum WeightBits {
@@ -78,35 +80,61 @@ fn best_range(vals: &[f32]) -> (f32, u8) {
     (best.1, best.2)
 }
 
+/// The 4-bit grid point of `v` under `(scale, zero point)`, dequantized.
+fn int4_point(v: f32, (scale, zp): (f32, u8)) -> f32 {
+    (int4_code(v, scale, zp) as f32 - zp as f32) * scale
+}
+
+fn int4_code(v: f32, scale: f32, zp: u8) -> u8 {
+    ((v / scale).round() + zp as f32).clamp(0.0, 15.0) as u8
+}
+
 /// `[N, K]` f32 rows -> MatMulNBits blobs `[N, blocks, bs/2]`, scales `[N*blocks]`,
-/// zero points `[N * ceil(blocks/2)]`.
-fn int4_rows(w: &[f32], n: usize, k: usize, bs: usize) -> (Vec<u8>, Vec<f32>, Vec<u8>) {
+/// zero points `[N * ceil(blocks/2)]`. Round-to-nearest, or GPTQ with `comp`.
+fn int4_rows(
+    w: &[f32],
+    n: usize,
+    k: usize,
+    bs: usize,
+    comp: Option<&Compensation>,
+) -> (Vec<u8>, Vec<f32>, Vec<u8>) {
     let blocks = k.div_ceil(bs);
     let zp_row = blocks.div_ceil(2);
     let mut packed = vec![0u8; n * blocks * bs / 2];
     let mut scales = vec![0f32; n * blocks];
     let mut zps = vec![0u8; n * zp_row];
     for r in 0..n {
-        for b in 0..blocks {
-            let vals: Vec<f32> = (0..bs)
-                .map(|i| {
-                    let kk = b * bs + i;
-                    if kk < k {
-                        w[r * k + kk]
-                    } else {
-                        0.0
-                    }
-                })
+        let mut row: Vec<f64> = (0..blocks * bs)
+            .map(|i| if i < k { w[r * k + i] as f64 } else { 0.0 })
+            .collect();
+        let orig = row.clone();
+        let mut params = quantize_row(&mut row, k, bs, comp, best_range, int4_point);
+        let codes: Vec<u8> = row
+            .iter()
+            .enumerate()
+            .map(|(i, v)| {
+                let (scale, zp) = params[i / bs];
+                int4_code(*v as f32, scale, zp)
+            })
+            .collect();
+        if let Some(c) = comp {
+            let centred: Vec<f64> = codes
+                .iter()
+                .enumerate()
+                .map(|(i, q)| *q as f64 - params[i / bs].1 as f64)
                 .collect();
-            let (scale, zp) = best_range(&vals);
-            scales[r * blocks + b] = scale;
-            let zi = r * zp_row + b / 2;
-            zps[zi] |= if b % 2 == 0 { zp } else { zp << 4 };
-            for (i, v) in vals.iter().enumerate() {
-                let q = ((v / scale).round() + zp as f32).clamp(0.0, 15.0) as u8;
-                let byte = (r * blocks + b) * bs / 2 + i / 2;
-                packed[byte] |= if i % 2 == 0 { q } else { q << 4 };
+            if let Some(sc) = refit_scales(&orig, &centred, &c.h, k, bs) {
+                for (p, s) in params.iter_mut().zip(sc) {
+                    p.0 = s as f32;
+                }
             }
+        }
+        for (b, &(scale, zp)) in params.iter().enumerate() {
+            scales[r * blocks + b] = scale;
+            zps[r * zp_row + b / 2] |= if b % 2 == 0 { zp } else { zp << 4 };
+        }
+        for (i, q) in codes.iter().enumerate() {
+            packed[r * blocks * bs / 2 + i / 2] |= if i % 2 == 0 { *q } else { *q << 4 };
         }
     }
     (packed, scales, zps)
@@ -127,8 +155,19 @@ fn lazy(
     })
 }
 
-/// Quantises the eligible weights of `g`.
+/// Quantises the eligible weights of `g` (round-to-nearest).
 pub fn quantize_weights(g: &Graph, bits: WeightBits) -> Result<Graph, String> {
+    quantize_weights_with(g, bits, None)
+}
+
+/// Quantises the eligible weights of `g`; at 4 bits, a MatMul whose data
+/// input has a Hessian in `hessians` is quantised with GPTQ's error
+/// compensation (see [`crate::gptq`]), the others by rounding.
+pub fn quantize_weights_with(
+    g: &Graph,
+    bits: WeightBits,
+    hessians: Option<&Hessians>,
+) -> Result<Graph, String> {
     if let WeightBits::Int4 { block_size } = bits {
         if block_size < 16 || !block_size.is_power_of_two() {
             return Err(format!(
@@ -175,6 +214,7 @@ pub fn quantize_weights(g: &Graph, bits: WeightBits) -> Result<Graph, String> {
             _ => {}
         }
     }
+    let mut factors: HashMap<String, Option<Compensation>> = HashMap::new();
     let mut initializers = Vec::new();
     let mut extra_nodes: Vec<(usize, Node)> = Vec::new();
     let mut replaced_nodes: HashMap<usize, Node> = HashMap::new();
@@ -251,16 +291,37 @@ pub fn quantize_weights(g: &Graph, bits: WeightBits) -> Result<Graph, String> {
             WeightBits::Int4 { block_size } => {
                 let blocks = k_in.div_ceil(block_size);
                 let w = f32s(&src)?;
-                let (_, scales, zps) = int4_rows(&w, n_out, k_in, block_size);
+                let data_input = g.nodes[ni].inputs[0].as_str();
+                let comp = match hessians.and_then(|h| h.get(data_input)) {
+                    Some(h) if h.k == k_in => {
+                        let entry = factors.entry(data_input.to_string());
+                        entry.or_insert_with(|| Compensation::new(h, 0.01)).as_ref()
+                    }
+                    _ => None,
+                };
+                let qshape = vec![n_out, blocks, block_size / 2];
+                let (q, scales, zps) = match comp {
+                    Some(c) => {
+                        let (packed, scales, zps) = int4_rows(&w, n_out, k_in, block_size, Some(c));
+                        let q = Tensor {
+                            dtype: DType::U8,
+                            shape: qshape,
+                            data: flamingo_graphs::TensorData::Bytes(std::sync::Arc::new(packed)),
+                        };
+                        (q, scales, zps)
+                    }
+                    None => {
+                        // packed lazily, when written: no second copy in memory
+                        let (_, scales, zps) = int4_rows(&w, n_out, k_in, block_size, None);
+                        let q = lazy(DType::U8, qshape, src, move |w| {
+                            int4_rows(w, n_out, k_in, block_size, None).0
+                        });
+                        (q, scales, zps)
+                    }
+                };
                 let qn = format!("{name}.qweight");
                 let sn = format!("{name}.scales");
                 let zn = format!("{name}.zero_points");
-                let q = lazy(
-                    DType::U8,
-                    vec![n_out, blocks, block_size / 2],
-                    src,
-                    move |w| int4_rows(w, n_out, k_in, block_size).0,
-                );
                 initializers.push((qn.clone(), q));
                 initializers.push((sn.clone(), Tensor::from_f32(vec![n_out * blocks], &scales)));
                 let zlen = zps.len();
@@ -326,7 +387,7 @@ mod tests {
         let w: Vec<f32> = (0..n * k)
             .map(|i| ((i * 37 % 23) as f32 - 11.0) / 7.0)
             .collect();
-        let (packed, scales, zps) = int4_rows(&w, n, k, bs);
+        let (packed, scales, zps) = int4_rows(&w, n, k, bs, None);
         let blocks = k.div_ceil(bs);
         for r in 0..n {
             for kk in 0..k {

@@ -6,7 +6,6 @@ use std::path::PathBuf;
 use anyhow::{bail, Result};
 use flamingo_calibration::observe::Method;
 use flamingo_runtime::{BackendKind, GenerateOptions};
-use indicatif::{ProgressBar, ProgressStyle};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -64,17 +63,7 @@ pub fn run(a: Args) -> Result<()> {
         bail!("{}: no calibration requests", a.data.display());
     }
     let show = !a.json && std::io::stderr().is_terminal();
-    let bar = if show {
-        ProgressBar::new(reqs.len() as u64)
-    } else {
-        ProgressBar::hidden()
-    };
-    bar.set_style(
-        ProgressStyle::with_template("{prefix:>16} [{bar:30}] {pos}/{len} requests {elapsed}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> "),
-    );
-    bar.set_prefix("observing");
+    let bar = crate::progress::request_bar(show, reqs.len(), "observing");
     let ranges =
         flamingo_calibration::calibrate::observe(&a.model, &reqs, method, a.backend, &mut |n| {
             bar.set_position(n as u64)

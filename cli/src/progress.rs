@@ -43,3 +43,19 @@ impl flamingo_export::Progress for Bars {
         }
     }
 }
+
+/// A bar counting requests (calibration passes), hidden unless `show`.
+pub fn request_bar(show: bool, total: usize, prefix: &str) -> ProgressBar {
+    let bar = if show {
+        ProgressBar::new(total as u64)
+    } else {
+        ProgressBar::hidden()
+    };
+    bar.set_style(
+        ProgressStyle::with_template("{prefix:>16} [{bar:30}] {pos}/{len} requests {elapsed}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    bar.set_prefix(prefix.to_string());
+    bar
+}

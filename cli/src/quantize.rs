@@ -2,8 +2,11 @@
 
 use std::path::PathBuf;
 
+use std::io::IsTerminal;
+
 use anyhow::{bail, Result};
-use flamingo_calibration::weights::{quantize_weights, WeightBits};
+use flamingo_calibration::weights::{quantize_weights_with, WeightBits};
+use flamingo_runtime::{BackendKind, GenerateOptions};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -16,6 +19,18 @@ pub struct Args {
     /// Also quantise the vision encoder, resampler and media K/V projections (default: the decoder only)
     #[arg(long)]
     include_vision: bool,
+    /// int4 only: calibration requests (the `flamingo generate --batch` JSONL
+    /// format) for GPTQ, which spreads each weight's rounding error over the
+    /// weights not yet quantised, weighted by the activations on this data.
+    /// Without it, weights are rounded to nearest.
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Use at most this many calibration requests
+    #[arg(long)]
+    samples: Option<usize>,
+    /// Backend that runs the fp32 graphs on the calibration data
+    #[arg(long, default_value = "ort-cpu")]
+    backend: BackendKind,
     /// The fp32 export to quantise
     input: PathBuf,
     /// Output directory
@@ -35,19 +50,64 @@ pub fn run(a: Args) -> Result<()> {
         other => bail!("--weights {other}: expected int8 or int4"),
     };
     let vision = a.include_vision;
+    let hessians = match &a.data {
+        None => None,
+        Some(_) if bits == WeightBits::Int8 => {
+            bail!("--data (GPTQ) applies to --weights int4; int8 rounds per channel")
+        }
+        Some(data) => Some(observe(&a, data)?),
+    };
+    let gptq = hessians.is_some();
     crate::convert::rewrite_export(
         &a.input,
         &a.out,
         a.force,
         a.json,
         bits.name(),
-        "quantised",
+        if gptq {
+            "quantised (GPTQ)"
+        } else {
+            "quantised"
+        },
         &|role, g| {
             if vision || role == "decoder" {
-                quantize_weights(g, bits).map(Some)
+                // GPTQ where observed (the decoder), rounding elsewhere
+                let h = hessians.as_ref().filter(|_| role == "decoder");
+                quantize_weights_with(g, bits, h).map(Some)
             } else {
                 Ok(None)
             }
         },
     )
+}
+
+/// The decoder's Hessians over the calibration requests, with a progress bar.
+fn observe(a: &Args, data: &std::path::Path) -> Result<flamingo_calibration::gptq::Hessians> {
+    if a.out.exists() && !a.force {
+        bail!(
+            "output {} already exists (pass --force to replace it)",
+            a.out.display()
+        );
+    }
+    let defaults = GenerateOptions {
+        max_new_tokens: 8,
+        ..Default::default()
+    };
+    let mut reqs = crate::generate::read_requests(data, &defaults)?;
+    if let Some(n) = a.samples {
+        reqs.truncate(n);
+    }
+    if reqs.is_empty() {
+        bail!("{}: no calibration requests", data.display());
+    }
+    let bar = crate::progress::request_bar(
+        !a.json && std::io::stderr().is_terminal(),
+        reqs.len(),
+        "observing",
+    );
+    let h = flamingo_calibration::calibrate::hessians(&a.input, &reqs, a.backend, &mut |n| {
+        bar.set_position(n as u64)
+    })?;
+    bar.finish();
+    Ok(h)
 }

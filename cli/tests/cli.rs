@@ -347,6 +347,79 @@ fn calibrate_refuses_empty_data_and_a_failure_leaves_no_output() {
 }
 
 #[test]
+fn quantize_int4_with_gptq_data_and_its_failures() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tmp.path().join("m");
+    export("tiny-mpt", &model);
+    let m = model.display().to_string();
+    let img = |i: usize| {
+        fixture("tiny-mpt")
+            .join(format!("images/img{i}.png"))
+            .display()
+            .to_string()
+    };
+    let data = tmp.path().join("d.jsonl");
+    std::fs::write(
+        &data,
+        format!(
+            "{}\n{}\n",
+            json!({"prompt": "<image>a dog on a sofa", "media": [img(0)]}),
+            json!({"prompt": "<image>one.<|endofchunk|><image>two", "media": [img(1), img(2)]})
+        ),
+    )
+    .unwrap();
+    let d = data.display().to_string();
+    let out = tmp.path().join("q");
+    let o = out.display().to_string();
+    let (ok, stdout, err) = flamingo(&[
+        "quantize",
+        "--weights",
+        "int4",
+        "--data",
+        &d,
+        "--json",
+        &m,
+        &o,
+    ]);
+    assert!(ok, "{err}");
+    let manifest: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(manifest["precision"], "int4-weights");
+    assert_eq!(manifest["graphs"]["decoder"]["requires"], "onnxruntime");
+    // int8 has no GPTQ path: a clear error, nothing written
+    let out8 = tmp.path().join("q8");
+    let (ok, _, err) = flamingo(&[
+        "quantize",
+        "--weights",
+        "int8",
+        "--data",
+        &d,
+        &m,
+        &out8.display().to_string(),
+    ]);
+    assert!(!ok && err.contains("applies to --weights int4"), "{err}");
+    assert!(!out8.exists());
+    // a missing image fails naming it, and leaves no output
+    std::fs::write(
+        &data,
+        format!("{}\n", json!({"prompt": "<image>b", "media": ["nope.png"]})),
+    )
+    .unwrap();
+    let out2 = tmp.path().join("q2");
+    let (ok, _, err) = flamingo(&[
+        "quantize",
+        "--weights",
+        "int4",
+        "--data",
+        &d,
+        &m,
+        &out2.display().to_string(),
+    ]);
+    assert!(!ok && err.contains("nope.png"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(!out2.exists());
+}
+
+#[test]
 fn bench_smoke_test_on_a_tiny_model_writes_its_json() {
     let tmp = tempfile::tempdir().unwrap();
     let model = tmp.path().join("m");

@@ -184,3 +184,65 @@ pub fn cosine(a: &ndarray::ArrayD<f32>, b: &ndarray::ArrayD<f32>) -> Result<f64>
     }
     Ok(ab / (aa.sqrt() * bb.sqrt()).max(1e-30))
 }
+
+/// Calibration requests whose text differs from every fixture case (held
+/// out: what is measured is not what was calibrated on), over the fixture's
+/// images (or, for a video fixture, its frames as one video).
+pub fn held_out_requests(name: &str) -> Result<Vec<flamingo_runtime::Request>> {
+    use flamingo_runtime::{GenerateOptions, Media, Request};
+    let video = cases(name)?["cases"]
+        .as_array()
+        .context("cases")?
+        .iter()
+        .any(|c| c.get("frames").is_some());
+    let img = |i: usize| fixture(name).join(format!("images/img{}.png", i % 4));
+    let texts = [
+        "<image>a small boat near the shore.<|endofchunk|><image>a kitchen with",
+        "<image>description: three cats asleep on a red sofa in the sun",
+        "<image>q: where is the dog? a: under the tree.<|endofchunk|><image>q: what is this? a:",
+        "<image>the picture shows a busy street at night with",
+        "<image>an old bicycle.<|endofchunk|><image>a bowl of fruit.<|endofchunk|><image>a",
+        "<image>title: mountains and a lake. details:",
+        "<image>someone is holding a green umbrella while",
+        "<image>answer the question. how many people are there? there are",
+        "<image>a plate with eggs, toast and coffee on a wooden table",
+        "<image>this is a close-up of a yellow flower.<|endofchunk|><image>this is",
+        "<image>the train is leaving the station; passengers wave from",
+        "<image>Q: Is it raining? A: no.<|endofchunk|><image>Q: What time of day is it? A:",
+        "<image>two children play football in the park next to a fountain.",
+        "<image>label: zebra<|endofchunk|><image>label: giraffe<|endofchunk|><image>label:",
+        "<image>a snowy road with tall pine trees on both sides and a blue car",
+        "<image>my favourite photo from the trip: the old harbour at sunset, boats",
+        "<image>caption this image in one sentence: a woman reading a newspaper",
+        "<image>the laptop on the desk is next to a cup of tea and some books",
+        "<image>what breed is this dog? it looks like a",
+        "<image>A red kite flies above the beach.<|endofchunk|><image>A white horse",
+    ];
+    Ok(texts
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            let n = t.matches("<image>").count();
+            let (prompt, media) = if video {
+                // one video: one marker
+                (
+                    format!("<image>{}", t.replace("<image>", "")),
+                    vec![Media::Video((0..3).map(|f| img(i + f)).collect())],
+                )
+            } else {
+                (
+                    t.to_string(),
+                    (0..n).map(|m| Media::Image(img(i + m))).collect(),
+                )
+            };
+            Request {
+                prompt,
+                media,
+                options: GenerateOptions {
+                    max_new_tokens: 8,
+                    ..Default::default()
+                },
+            }
+        })
+        .collect())
+}
