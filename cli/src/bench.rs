@@ -37,6 +37,10 @@ pub struct Args {
     bandwidth_bytes: usize,
     #[arg(long)]
     json: bool,
+    /// Draw a PNG chart: decode latency against context length, and the
+    /// per-stage breakdown
+    #[arg(long)]
+    plot: Option<PathBuf>,
     #[command(flatten)]
     gpu: crate::gpu::GpuArgs,
 }
@@ -79,17 +83,28 @@ fn time(warmup: usize, iters: usize, mut f: impl FnMut() -> Result<()>) -> Resul
     Ok(median(t))
 }
 
-/// Peak resident memory of this process (VmHWM), bytes.
-pub fn peak_rss() -> u64 {
+/// A `/proc/self/status` memory figure (`VmHWM:` peak, `VmRSS:` current), bytes.
+fn status_bytes(key: &str) -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
             s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
+                .find(|l| l.starts_with(key))
                 .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
         })
         .map(|kb| kb * 1024)
         .unwrap_or(0)
+}
+
+/// Peak resident memory of this process (VmHWM), bytes.
+pub fn peak_rss() -> u64 {
+    status_bytes("VmHWM:")
+}
+
+/// Resets the peak (Linux: `5` to `/proc/self/clear_refs`), so that what
+/// follows is measured apart from loading. False where that is unsupported.
+fn reset_peak_rss() -> bool {
+    std::fs::write("/proc/self/clear_refs", "5").is_ok()
 }
 
 /// Streaming-read bandwidth, bytes/s: every core sums its share of a buffer
@@ -150,19 +165,111 @@ fn prompt(shots: usize, media: i64, eoc: i64, vocab: i64) -> Vec<i64> {
     ids
 }
 
+/// One decode measurement: the prefill's median and every decode step.
+struct DecodeRun {
+    prefill_ms: f64,
+    steps: Vec<f64>,
+    /// (context length, ms) of each measured step of the first run
+    curve: Vec<(usize, f64)>,
+}
+
+/// Prefill `ids` (batch `b`, `images` media) then `--new-tokens` greedy
+/// steps, `--warmup` + `--iters` times.
+fn decode_run(
+    model: &mut Model,
+    a: &Args,
+    ids: &[i64],
+    mt: &[i64],
+    images: usize,
+    kvb: &flamingo_runtime::MediaKv,
+    b: usize,
+) -> Result<DecodeRun> {
+    let n = ids.len();
+    let rows = |v: &[i64]| Array2::from_shape_fn((b, v.len()), |(_, j)| v[j]);
+    let prefill = Step {
+        input_ids: rows(ids),
+        attention_mask: Array2::ones((b, n)),
+        position_ids: rows(&(0..n as i64).collect::<Vec<_>>()),
+        media_time: rows(mt),
+        keep: 1,
+    };
+    let mut prefill_ms = Vec::new();
+    let mut steps = Vec::new();
+    let mut curve = Vec::new();
+    for it in 0..a.warmup + a.iters.max(1) {
+        let mut cache = model.empty_cache(b);
+        let s = Instant::now();
+        let mut logits = model.decode(&prefill, kvb, &mut cache)?;
+        let pf = s.elapsed().as_secs_f64() * 1e3;
+        for j in 0..a.new_tokens {
+            let next: Vec<i64> = (0..b)
+                .map(|r| {
+                    let row = logits.index_axis(Axis(0), r);
+                    let row = row.index_axis(Axis(0), 0);
+                    let mut best = 0;
+                    for (i, v) in row.iter().enumerate() {
+                        if *v > row[best] {
+                            best = i;
+                        }
+                    }
+                    best as i64
+                })
+                .collect();
+            let total = n + j + 1;
+            let step = Step {
+                input_ids: Array2::from_shape_fn((b, 1), |(r, _)| next[r]),
+                attention_mask: Array2::ones((b, total)),
+                position_ids: Array2::from_elem((b, 1), total as i64 - 1),
+                media_time: Array2::from_elem((b, 1), images as i64),
+                keep: 1,
+            };
+            let s = Instant::now();
+            logits = model.decode(&step, kvb, &mut cache)?;
+            let ms = s.elapsed().as_secs_f64() * 1e3;
+            if it >= a.warmup {
+                steps.push(ms);
+                if it == a.warmup {
+                    curve.push((total, ms));
+                }
+            }
+        }
+        if it >= a.warmup {
+            prefill_ms.push(pf);
+        }
+    }
+    Ok(DecodeRun {
+        prefill_ms: median(prefill_ms),
+        steps,
+        curve,
+    })
+}
+
 pub fn run(a: Args) -> Result<()> {
+    if let Some(p) = &a.plot {
+        let dir = p.parent().filter(|d| !d.as_os_str().is_empty());
+        if dir.is_some_and(|d| !d.is_dir()) {
+            anyhow::bail!("--plot {}: no such directory", p.display());
+        }
+    }
+    // the bandwidth probe's buffer first, so that it is not counted below
+    let bandwidth = memory_bandwidth(a.bandwidth_bytes);
+    let before_load = if reset_peak_rss() { 0 } else { peak_rss() };
     let t0 = Instant::now();
     let mut model = Model::load_with_gpu(&a.model, a.backend, &a.gpu.options())?;
     let load_ms = t0.elapsed().as_secs_f64() * 1e3;
+    let (load_peak, rss_loaded) = (peak_rss().max(before_load), status_bytes("VmRSS:"));
+    let peak_reset = reset_peak_rss();
     let m = model.manifest.clone();
     let d = &m.model.decoder;
-    let weight_bytes = std::fs::metadata(
-        a.model
-            .join(m.graph("decoder")?.data_file.clone().unwrap_or_default()),
-    )
-    .map(|x| x.len())
-    .unwrap_or(0);
-    let bandwidth = memory_bandwidth(a.bandwidth_bytes);
+    let data_bytes = |g: &flamingo_export::manifest::GraphInfo| {
+        g.data_file
+            .as_ref()
+            .and_then(|f| std::fs::metadata(a.model.join(f)).ok())
+            .map(|x| x.len())
+            .unwrap_or(0)
+    };
+    let weight_bytes = data_bytes(m.graph("decoder")?);
+    let all_weight_bytes: u64 = m.graphs.values().map(data_bytes).sum();
     let roofline_ms = weight_bytes as f64 / bandwidth * 1e3;
     // preprocessing one 640x480 photo-sized image
     let img = Rgb8 {
@@ -189,6 +296,8 @@ pub fn run(a: Args) -> Result<()> {
     let mut shots_out = Vec::new();
     let mut decode_out = Vec::new();
     let mut context_curve = Vec::new();
+    let mut decode_p50_b1 = Vec::new();
+    let (mut kv_one, mut many_kv) = (None, None);
     for &k in &a.shots {
         let t = k + 1;
         let (p, dd) = (tokens.shape()[1], tokens.shape()[2]);
@@ -206,68 +315,63 @@ pub fn run(a: Args) -> Result<()> {
         let mt = flamingo_runtime::decoder::media_time(&ids, media);
         for &b in &a.batch {
             let kvb = kv1.select(&vec![0; b]);
-            let rows = |v: &[i64]| Array2::from_shape_fn((b, v.len()), |(_, j)| v[j]);
-            let prefill = Step {
-                input_ids: rows(&ids),
-                attention_mask: Array2::ones((b, n)),
-                position_ids: rows(&(0..n as i64).collect::<Vec<_>>()),
-                media_time: rows(&mt),
-                keep: 1,
-            };
-            let mut prefill_ms = Vec::new();
-            let mut steps = Vec::new();
-            for it in 0..a.warmup + a.iters.max(1) {
-                let mut cache = model.empty_cache(b);
-                let s = Instant::now();
-                let mut logits = model.decode(&prefill, &kvb, &mut cache)?;
-                let pf = s.elapsed().as_secs_f64() * 1e3;
-                for j in 0..a.new_tokens {
-                    let next: Vec<i64> = (0..b)
-                        .map(|r| {
-                            let row = logits.index_axis(Axis(0), r);
-                            let row = row.index_axis(Axis(0), 0);
-                            let mut best = 0;
-                            for (i, v) in row.iter().enumerate() {
-                                if *v > row[best] {
-                                    best = i;
-                                }
-                            }
-                            best as i64
-                        })
-                        .collect();
-                    let total = n + j + 1;
-                    let step = Step {
-                        input_ids: Array2::from_shape_fn((b, 1), |(r, _)| next[r]),
-                        attention_mask: Array2::ones((b, total)),
-                        position_ids: Array2::from_elem((b, 1), total as i64 - 1),
-                        media_time: Array2::from_elem((b, 1), t as i64),
-                        keep: 1,
-                    };
-                    let s = Instant::now();
-                    logits = model.decode(&step, &kvb, &mut cache)?;
-                    let ms = s.elapsed().as_secs_f64() * 1e3;
-                    if it >= a.warmup {
-                        steps.push(ms);
-                        if b == 1 {
-                            context_curve.push(json!({"shots": k, "context": total, "ms": ms}));
-                        }
-                    }
-                }
-                if it >= a.warmup {
-                    prefill_ms.push(pf);
-                }
+            let r = decode_run(&mut model, &a, &ids, &mt, t, &kvb, b)?;
+            if b == 1 {
+                context_curve.extend(
+                    r.curve
+                        .iter()
+                        .map(|(ctx, ms)| json!({"shots": k, "context": ctx, "ms": ms})),
+                );
             }
-            let pf = median(prefill_ms);
-            let pct = percentiles(steps);
+            let pct = percentiles(r.steps);
+            if b == 1 {
+                decode_p50_b1.push((k, t, n, pct.p50_ms));
+            }
             decode_out.push(json!({
                 "shots": k, "batch": b, "prompt_tokens": n,
-                "prefill_ms": pf, "time_to_first_token_ms": pf + media_ms + vision_ms * t as f64,
+                "prefill_ms": r.prefill_ms, "time_to_first_token_ms": r.prefill_ms + media_ms + vision_ms * t as f64,
                 "decode": pct, "tokens_per_s": b as f64 / (pct.mean_ms / 1e3),
                 "roofline_ratio": pct.p50_ms / roofline_ms,
             }));
         }
+        if k == 0 {
+            kv_one = Some(kv1);
+        } else if Some(k) == a.shots.iter().copied().max() {
+            many_kv = Some(kv1);
+        }
         shots_out.push(json!({"shots": k, "images": t, "resampler_media_kv_ms": media_ms}));
     }
+    // The media K/V cache pays off when a decode step costs the same with 1
+    // and with many images: the longest prompt again, its other images'
+    // markers replaced by text, so that only the image count differs.
+    // Both are run alternately (3 rounds) so that drift on a busy machine
+    // hits both alike.
+    let media_cost = match (
+        kv_one,
+        decode_p50_b1.iter().max_by_key(|(k, ..)| *k).copied(),
+        many_kv,
+    ) {
+        (Some(kv), Some((k, t, n, _)), Some(kv_many)) if t > 1 => {
+            let many_ids = prompt(k, media, eoc, d.vocab_size as i64);
+            let mut ids = many_ids.clone();
+            for id in ids.iter_mut().skip(1).filter(|id| **id == media) {
+                *id = 7;
+            }
+            let mt = flamingo_runtime::decoder::media_time(&ids, media);
+            let many_mt = flamingo_runtime::decoder::media_time(&many_ids, media);
+            let (mut one, mut many) = (Vec::new(), Vec::new());
+            for _ in 0..3 {
+                one.extend(decode_run(&mut model, &a, &ids, &mt, 1, &kv, 1)?.steps);
+                many.extend(decode_run(&mut model, &a, &many_ids, &many_mt, t, &kv_many, 1)?.steps);
+            }
+            let (one_ms, many_ms) = (median(one), median(many));
+            Some(json!({
+                "context": n, "one_image_p50_ms": one_ms, "images": t,
+                "many_images_p50_ms": many_ms, "ratio": many_ms / one_ms,
+            }))
+        }
+        _ => None,
+    };
     let providers: Vec<_> = model
         .providers()
         .into_iter()
@@ -276,10 +380,16 @@ pub fn run(a: Args) -> Result<()> {
     let report = json!({
         "model": a.model, "backend": a.backend.as_str(), "precision": m.precision, "providers": providers,
         "load_ms": load_ms, "preprocess_ms": pre_ms, "vision_encoder_ms_per_image": vision_ms,
-        "media": shots_out, "decode": decode_out, "decode_vs_context": context_curve,
+        "media": shots_out, "decode": decode_out, "media_cost_at_equal_context": media_cost, "decode_vs_context": context_curve,
         "memory_bandwidth_gb_s": bandwidth / 1e9, "decoder_weight_bytes": weight_bytes,
-        "roofline_decode_ms": roofline_ms, "peak_rss_bytes": peak_rss(),
+        "roofline_decode_ms": roofline_ms, "weight_bytes": all_weight_bytes,
+        "load_peak_rss_bytes": load_peak, "rss_after_load_bytes": rss_loaded,
+        "peak_rss_bytes": load_peak.max(peak_rss()),
+        "run_peak_rss_bytes": if peak_reset { Some(peak_rss()) } else { None },
     });
+    if let Some(p) = &a.plot {
+        crate::plot::write(&report, p)?;
+    }
     if a.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
         return Ok(());
@@ -324,6 +434,27 @@ pub fn run(a: Args) -> Result<()> {
             f("roofline_ratio")
         );
     }
-    println!("peak resident memory {:.2} GB", peak_rss() as f64 / 1e9);
+    if let Some(c) = &media_cost {
+        println!(
+            "decode step at {} tokens of context: {:.2} ms with 1 image, {:.2} ms with {} images ({:.2}x)",
+            c["context"],
+            c["one_image_p50_ms"].as_f64().unwrap_or(0.0),
+            c["many_images_p50_ms"].as_f64().unwrap_or(0.0),
+            c["images"],
+            c["ratio"].as_f64().unwrap_or(0.0)
+        );
+    }
+    let gb = |b: u64| b as f64 / 1e9;
+    println!(
+        "resident memory: {:.2} GB after loading (peak {:.2} GB while loading), peak {} while running; weights {:.2} GB",
+        gb(rss_loaded),
+        gb(load_peak),
+        if peak_reset {
+            format!("{:.2} GB", gb(peak_rss()))
+        } else {
+            "unknown".into()
+        },
+        gb(all_weight_bytes)
+    );
     Ok(())
 }

@@ -10,6 +10,7 @@ mod generate;
 mod gpu;
 mod inspect;
 mod media;
+mod plot;
 mod progress;
 mod quantize;
 mod score;

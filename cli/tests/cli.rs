@@ -425,8 +425,11 @@ fn bench_smoke_test_on_a_tiny_model_writes_its_json() {
     let model = tmp.path().join("m");
     export("tiny-llama", &model);
     for backend in ["tract", "ort-cpu"] {
+        let png = tmp.path().join(format!("{backend}.png"));
         let (ok, out, err) = flamingo(&[
             "bench",
+            "--plot",
+            &png.display().to_string(),
             "--model",
             &model.display().to_string(),
             "--backend",
@@ -460,7 +463,27 @@ fn bench_smoke_test_on_a_tiny_model_writes_its_json() {
         assert!(r["memory_bandwidth_gb_s"].as_f64().unwrap() > 0.0);
         assert!(r["peak_rss_bytes"].as_u64().unwrap() > 0);
         assert_eq!(r["decode_vs_context"].as_array().unwrap().len(), 2 * 3);
+        let c = &r["media_cost_at_equal_context"];
+        assert_eq!(c["images"], 2);
+        assert_eq!(c["context"], r["decode"][2]["prompt_tokens"]);
+        assert!(c["ratio"].as_f64().unwrap() > 0.0);
+        assert!(r["run_peak_rss_bytes"].as_u64().unwrap() > 0);
+        assert!(r["weight_bytes"].as_u64().unwrap() > r["decoder_weight_bytes"].as_u64().unwrap());
+        // the chart: a PNG of the documented size with more than background
+        let img = image::open(&png).unwrap().to_rgb8();
+        assert_eq!(img.dimensions(), (1100, 480));
+        let inked = img.pixels().filter(|p| p.0 != [255, 255, 255]).count();
+        assert!(inked > 5000, "{inked} non-background pixels");
     }
+    // a chart path in a missing directory is refused before any work
+    let (ok, _, err) = flamingo(&[
+        "bench",
+        "--model",
+        &model.display().to_string(),
+        "--plot",
+        "/nonexistent-dir/x.png",
+    ]);
+    assert!(!ok && err.contains("no such directory"), "{err}");
 }
 
 #[test]
