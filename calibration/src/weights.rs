@@ -3,14 +3,15 @@
 //! - int8: per-output-channel symmetric int8 weights with a standard
 //!   `DequantizeLinear` in front of the unchanged MatMul (portable: tract and
 //!   ONNX Runtime run it). The dequantized value keeps the weight's name.
-//! - int4: ONNX Runtime's `com.microsoft.MatMulNBits` (4 bits, blocks of
-//!   `block_size` along K, asymmetric with packed zero points). Such graphs
-//!   are ONNX-Runtime-only.
+//! - int8-ort and int4: ONNX Runtime's `com.microsoft.MatMulNBits` (8 or 4
+//!   bits, blocks of `block_size` along K, asymmetric with packed zero
+//!   points, `accuracy_level` 4: int8 compute). Such graphs are
+//!   ONNX-Runtime-only. The LM head (a plain `A·Bᵀ` Gemm) is quantised to 8
+//!   bits in both; when it is tied to the embedding, the float embedding
+//!   stays for the lookup and the head reads a quantised copy.
 //!
-//! Only float32 initializers read solely as the weight of a MatMul (`[K, N]`)
-//! or (int8 only) of a `Gemm` with `transB = 1` (`[N, K]`, the LM head) are
-//! quantised; embeddings read by `Gather` (and a head tied to them) stay
-//! float32, and so does the LM head at 4 bits.
+//! Only float32 initializers read as the weight of a MatMul (`[K, N]`, and
+//! by nothing else) or of the head Gemm (`[N, K]`) are quantised.
 
 use std::collections::HashMap;
 
@@ -21,7 +22,11 @@ use crate::gptq::{quantize_row, refit_scales, Compensation, Hessians};
 /// What to quantise weights to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum WeightBits {
+    /// Per-channel int8 behind `DequantizeLinear` (portable).
     Int8,
+    /// Blockwise int8 in `MatMulNBits` (ONNX Runtime only; int8 kernels).
+    Int8Ort { block_size: usize },
+    /// Blockwise int4 in `MatMulNBits` (ONNX Runtime only).
     Int4 { block_size: usize },
 }
 
@@ -29,7 +34,17 @@ impl WeightBits {
     pub fn name(self) -> &'static str {
         match self {
             WeightBits::Int8 => "int8-weights",
+            WeightBits::Int8Ort { .. } => "int8-weights-ort",
             WeightBits::Int4 { .. } => "int4-weights",
+        }
+    }
+
+    /// `MatMulNBits`' bits and block size, for the blockwise kinds.
+    fn blocked(self) -> Option<(u32, usize)> {
+        match self {
+            WeightBits::Int8 => None,
+            WeightBits::Int8Ort { block_size } => Some((8, block_size)),
+            WeightBits::Int4 { block_size } => Some((4, block_size)),
         }
     }
 }
@@ -56,19 +71,19 @@ fn int8_rows(w: &[f32], rows: usize, cols: usize) -> (Vec<u8>, Vec<f32>) {
 
 /// Asymmetric 4-bit (scale, zero point) of a block: the min/max range shrunk
 /// by the ratio (1.0 down to 0.7) that gives the least squared error.
-fn best_range(vals: &[f32]) -> (f32, u8) {
+fn best_range(vals: &[f32], levels: f32) -> (f32, u8) {
     let mn0 = vals.iter().fold(0f32, |m, v| m.min(*v));
     let mx0 = vals.iter().fold(0f32, |m, v| m.max(*v));
     let mut best = (f32::INFINITY, 1.0f32, 0u8);
     for step in 0..=6 {
         let ratio = 1.0 - 0.05 * step as f32;
         let (mn, mx) = (mn0 * ratio, mx0 * ratio);
-        let scale = if mx > mn { (mx - mn) / 15.0 } else { 1.0 };
-        let zp = (-mn / scale).round().clamp(0.0, 15.0) as u8;
+        let scale = if mx > mn { (mx - mn) / levels } else { 1.0 };
+        let zp = (-mn / scale).round().clamp(0.0, levels) as u8;
         let err: f32 = vals
             .iter()
             .map(|v| {
-                let q = ((v / scale).round() + zp as f32).clamp(0.0, 15.0);
+                let q = ((v / scale).round() + zp as f32).clamp(0.0, levels);
                 let d = (q - zp as f32) * scale - v;
                 d * d
             })
@@ -80,27 +95,33 @@ fn best_range(vals: &[f32]) -> (f32, u8) {
     (best.1, best.2)
 }
 
-/// The 4-bit grid point of `v` under `(scale, zero point)`, dequantized.
-fn int4_point(v: f32, (scale, zp): (f32, u8)) -> f32 {
-    (int4_code(v, scale, zp) as f32 - zp as f32) * scale
+/// The grid point (`levels` + 1 codes) of `v` under `(scale, zero point)`, dequantized.
+fn grid_point(v: f32, (scale, zp): (f32, u8), levels: f32) -> f32 {
+    (grid_code(v, scale, zp, levels) as f32 - zp as f32) * scale
 }
 
-fn int4_code(v: f32, scale: f32, zp: u8) -> u8 {
-    ((v / scale).round() + zp as f32).clamp(0.0, 15.0) as u8
+fn grid_code(v: f32, scale: f32, zp: u8, levels: f32) -> u8 {
+    ((v / scale).round() + zp as f32).clamp(0.0, levels) as u8
 }
 
-/// `[N, K]` f32 rows -> MatMulNBits blobs `[N, blocks, bs/2]`, scales `[N*blocks]`,
-/// zero points `[N * ceil(blocks/2)]`. Round-to-nearest, or GPTQ with `comp`.
-fn int4_rows(
+/// `[N, K]` f32 rows -> MatMulNBits (`bits` 4 or 8) blobs `[N, blocks,
+/// bs·bits/8]`, scales `[N*blocks]`, zero points (4 bits: two per byte,
+/// `[N * ceil(blocks/2)]`; 8 bits: `[N * blocks]`). Round-to-nearest, or
+/// GPTQ with `comp`.
+fn nbits_rows(
     w: &[f32],
     n: usize,
     k: usize,
     bs: usize,
+    bits: u32,
     comp: Option<&Compensation>,
 ) -> (Vec<u8>, Vec<f32>, Vec<u8>) {
+    let levels = ((1u32 << bits) - 1) as f32;
+    let per_byte = (8 / bits) as usize;
     let blocks = k.div_ceil(bs);
-    let zp_row = blocks.div_ceil(2);
-    let mut packed = vec![0u8; n * blocks * bs / 2];
+    let zp_row = blocks.div_ceil(per_byte);
+    let row_bytes = blocks * bs / per_byte;
+    let mut packed = vec![0u8; n * row_bytes];
     let mut scales = vec![0f32; n * blocks];
     let mut zps = vec![0u8; n * zp_row];
     for r in 0..n {
@@ -108,13 +129,20 @@ fn int4_rows(
             .map(|i| if i < k { w[r * k + i] as f64 } else { 0.0 })
             .collect();
         let orig = row.clone();
-        let mut params = quantize_row(&mut row, k, bs, comp, best_range, int4_point);
+        let mut params = quantize_row(
+            &mut row,
+            k,
+            bs,
+            comp,
+            |b| best_range(b, levels),
+            |v, p| grid_point(v, p, levels),
+        );
         let codes: Vec<u8> = row
             .iter()
             .enumerate()
             .map(|(i, v)| {
                 let (scale, zp) = params[i / bs];
-                int4_code(*v as f32, scale, zp)
+                grid_code(*v as f32, scale, zp, levels)
             })
             .collect();
         if let Some(c) = comp {
@@ -129,12 +157,13 @@ fn int4_rows(
                 }
             }
         }
+        let shift = |i: usize| (i % per_byte) as u32 * bits;
         for (b, &(scale, zp)) in params.iter().enumerate() {
             scales[r * blocks + b] = scale;
-            zps[r * zp_row + b / 2] |= if b % 2 == 0 { zp } else { zp << 4 };
+            zps[r * zp_row + b / per_byte] |= zp << shift(b);
         }
         for (i, q) in codes.iter().enumerate() {
-            packed[r * blocks * bs / 2 + i / 2] |= if i % 2 == 0 { *q } else { *q << 4 };
+            packed[r * row_bytes + i / per_byte] |= *q << shift(i);
         }
     }
     (packed, scales, zps)
@@ -168,7 +197,7 @@ pub fn quantize_weights_with(
     bits: WeightBits,
     hessians: Option<&Hessians>,
 ) -> Result<Graph, String> {
-    if let WeightBits::Int4 { block_size } = bits {
+    if let Some((_, block_size)) = bits.blocked() {
         if block_size < 16 || !block_size.is_power_of_two() {
             return Err(format!(
                 "block size {block_size} must be a power of two, at least 16"
@@ -194,22 +223,40 @@ pub fn quantize_weights_with(
             .iter()
             .any(|(k, a)| k == "transB" && matches!(a, Attr::Int(1)))
     };
+    // a plain `A·Bᵀ` Gemm: no bias, alpha, beta or transA
+    let plain_gemm =
+        |n: &Node| trans_b(n) && n.inputs.len() == 2 && n.attrs.iter().all(|(k, _)| k == "transB");
     // weight name -> (node index, transposed [N,K] layout)
     let mut targets: HashMap<String, (usize, bool)> = HashMap::new();
     for (name, u) in &uses {
         let t = inits[name];
-        if t.dtype != DType::F32 || t.shape.len() != 2 || u.len() != 1 || u[0].1 != 1 {
+        let as_weight: Vec<usize> = u
+            .iter()
+            .filter(|(_, ii)| *ii == 1)
+            .map(|(ni, _)| *ni)
+            .collect();
+        if t.dtype != DType::F32 || t.shape.len() != 2 || as_weight.len() != 1 {
             continue;
         }
-        let n = &g.nodes[u[0].0];
+        let ni = as_weight[0];
+        let n = &g.nodes[ni];
+        // other readers: only embedding lookups (a tied LM head)
+        let only_gathers = u
+            .iter()
+            .all(|(i, ii)| *i == ni || (g.nodes[*i].op_type == "Gather" && *ii == 0));
         match n.op_type.as_str() {
-            "MatMul" => {
-                targets.insert(name.to_string(), (u[0].0, false));
+            "MatMul" if u.len() == 1 => {
+                targets.insert(name.to_string(), (ni, false));
             }
-            // the LM head stays float32 at 4 bits (as ONNX Runtime's own
-            // 4-bit quantiser does): it dominates the logits' error
-            "Gemm" if trans_b(n) && n.inputs.len() == 2 && bits == WeightBits::Int8 => {
-                targets.insert(name.to_string(), (u[0].0, true));
+            // the LM head: int8 behind DequantizeLinear when it is not tied;
+            // in the MatMulNBits kinds always 8-bit (at 4 bits it would
+            // dominate the logits' error), a quantised copy beside the float
+            // embedding when tied
+            "Gemm" if plain_gemm(n) && bits == WeightBits::Int8 && u.len() == 1 => {
+                targets.insert(name.to_string(), (ni, true));
+            }
+            "Gemm" if plain_gemm(n) && bits.blocked().is_some() && only_gathers => {
+                targets.insert(name.to_string(), (ni, true));
             }
             _ => {}
         }
@@ -223,6 +270,10 @@ pub fn quantize_weights_with(
             initializers.push((name.clone(), t.clone()));
             continue;
         };
+        if uses.get(name.as_str()).is_some_and(|u| u.len() > 1) {
+            // still read by an embedding lookup
+            initializers.push((name.clone(), t.clone()));
+        }
         let (r, c) = (t.shape[0], t.shape[1]);
         // rows = output channels
         let (n_out, k_in) = if nk_layout { (r, c) } else { (c, r) };
@@ -288,7 +339,9 @@ pub fn quantize_weights_with(
                     ));
                 }
             }
-            WeightBits::Int4 { block_size } => {
+            WeightBits::Int4 { .. } | WeightBits::Int8Ort { .. } => {
+                let (nbits, block_size) = bits.blocked().unwrap_or((4, 32));
+                let nbits = if nk_layout { 8 } else { nbits };
                 let blocks = k_in.div_ceil(block_size);
                 let w = f32s(&src)?;
                 let data_input = g.nodes[ni].inputs[0].as_str();
@@ -299,10 +352,11 @@ pub fn quantize_weights_with(
                     }
                     _ => None,
                 };
-                let qshape = vec![n_out, blocks, block_size / 2];
+                let qshape = vec![n_out, blocks, block_size * nbits as usize / 8];
                 let (q, scales, zps) = match comp {
                     Some(c) => {
-                        let (packed, scales, zps) = int4_rows(&w, n_out, k_in, block_size, Some(c));
+                        let (packed, scales, zps) =
+                            nbits_rows(&w, n_out, k_in, block_size, nbits, Some(c));
                         let q = Tensor {
                             dtype: DType::U8,
                             shape: qshape,
@@ -312,16 +366,17 @@ pub fn quantize_weights_with(
                     }
                     None => {
                         // packed lazily, when written: no second copy in memory
-                        let (_, scales, zps) = int4_rows(&w, n_out, k_in, block_size, None);
+                        let (_, scales, zps) = nbits_rows(&w, n_out, k_in, block_size, nbits, None);
                         let q = lazy(DType::U8, qshape, src, move |w| {
-                            int4_rows(w, n_out, k_in, block_size, None).0
+                            nbits_rows(w, n_out, k_in, block_size, nbits, None).0
                         });
                         (q, scales, zps)
                     }
                 };
-                let qn = format!("{name}.qweight");
-                let sn = format!("{name}.scales");
-                let zn = format!("{name}.zero_points");
+                let tag = if nk_layout { ".head" } else { "" };
+                let qn = format!("{name}{tag}.qweight");
+                let sn = format!("{name}{tag}.scales");
+                let zn = format!("{name}{tag}.zero_points");
                 initializers.push((qn.clone(), q));
                 initializers.push((sn.clone(), Tensor::from_f32(vec![n_out * blocks], &scales)));
                 let zlen = zps.len();
@@ -345,9 +400,9 @@ pub fn quantize_weights_with(
                         attrs: vec![
                             ("K".into(), Attr::Int(k_in as i64)),
                             ("N".into(), Attr::Int(n_out as i64)),
-                            ("bits".into(), Attr::Int(4)),
+                            ("bits".into(), Attr::Int(nbits as i64)),
                             ("block_size".into(), Attr::Int(block_size as i64)),
-                            // int8 activations per block: ONNX Runtime's fast 4-bit kernels
+                            // int8 activations per block: ONNX Runtime's fast kernels
                             ("accuracy_level".into(), Attr::Int(4)),
                         ],
                         keep_fp32: false,
@@ -387,7 +442,7 @@ mod tests {
         let w: Vec<f32> = (0..n * k)
             .map(|i| ((i * 37 % 23) as f32 - 11.0) / 7.0)
             .collect();
-        let (packed, scales, zps) = int4_rows(&w, n, k, bs, None);
+        let (packed, scales, zps) = nbits_rows(&w, n, k, bs, 4, None);
         let blocks = k.div_ceil(bs);
         for r in 0..n {
             for kk in 0..k {

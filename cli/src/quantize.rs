@@ -10,10 +10,12 @@ use flamingo_runtime::{BackendKind, GenerateOptions};
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// int8 (DequantizeLinear, portable) or int4 (MatMulNBits, ONNX Runtime only)
+    /// int8 (DequantizeLinear, portable), int8-ort (MatMulNBits, 8 bits:
+    /// ONNX Runtime only, its int8 kernels) or int4 (MatMulNBits, 4 bits,
+    /// ONNX Runtime only)
     #[arg(long)]
     weights: String,
-    /// int4 block size along K
+    /// Block size along K (int8-ort, int4)
     #[arg(long, default_value_t = 32)]
     block_size: usize,
     /// Also quantise the vision encoder, resampler and media K/V projections (default: the decoder only)
@@ -44,16 +46,19 @@ pub struct Args {
 pub fn run(a: Args) -> Result<()> {
     let bits = match a.weights.as_str() {
         "int8" => WeightBits::Int8,
+        "int8-ort" => WeightBits::Int8Ort {
+            block_size: a.block_size,
+        },
         "int4" => WeightBits::Int4 {
             block_size: a.block_size,
         },
-        other => bail!("--weights {other}: expected int8 or int4"),
+        other => bail!("--weights {other}: expected int8, int8-ort or int4"),
     };
     let vision = a.include_vision;
     let hessians = match &a.data {
         None => None,
         Some(_) if bits == WeightBits::Int8 => {
-            bail!("--data (GPTQ) applies to --weights int4; int8 rounds per channel")
+            bail!("--data (GPTQ) applies to --weights int4 and int8-ort; int8 rounds per channel")
         }
         Some(data) => Some(observe(&a, data)?),
     };

@@ -175,6 +175,20 @@ fn weight_only_int8_and_int4_stay_close_to_fp32() -> Result<()> {
                 assert!(c >= 0.999, "{backend} {fx} {name}: int8 cosine {c}");
             }
         }
+        // int8 in MatMulNBits (ONNX Runtime's int8 kernels; the head too)
+        let mut a = Model::load(&exported(fx)?, BackendKind::OrtCpu)?;
+        let mut b = Model::load(
+            &quantized(fx, WeightBits::Int8Ort { block_size: 32 })?,
+            BackendKind::OrtCpu,
+        )?;
+        for ((name, la), (_, lb)) in case_logits(&mut a, fx)?
+            .iter()
+            .zip(case_logits(&mut b, fx)?)
+        {
+            let c = cosine(la, &lb)?;
+            eprintln!("int8-ort weights ort-cpu {fx} {name}: logits cosine {c:.6}");
+            assert!(c >= 0.999, "{fx} {name}: int8-ort cosine {c}");
+        }
         // int4 (MatMulNBits) is ONNX Runtime only; tract refuses it clearly
         let dir = quantized(fx, int4)?;
         let err = Model::load(&dir, BackendKind::Tract)
@@ -237,10 +251,11 @@ fn gptq_int4(fx: &str) -> Result<std::path::PathBuf> {
     })
 }
 
-/// ONNX Runtime's MatMulNBits on our packing equals our own dequantization
-/// (odd block counts and a K that is not a multiple of the block size).
+/// ONNX Runtime's MatMulNBits on our packing (4 and 8 bits) equals our own
+/// dequantization (odd block counts and a K that is not a multiple of the
+/// block size).
 #[test]
-fn int4_packing_is_what_onnx_runtime_reads() -> Result<()> {
+fn nbits_packing_is_what_onnx_runtime_reads() -> Result<()> {
     use flamingo_calibration::weights::{quantize_weights, WeightBits};
     use flamingo_graphs::{DType, Dim, GraphBuilder, Tensor, WeightSource};
     use flamingo_runtime::BackendKind;
@@ -254,7 +269,12 @@ fn int4_packing_is_what_onnx_runtime_reads() -> Result<()> {
             true
         }
     }
-    for (k, n) in [(160usize, 24usize), (40, 8)] {
+    for (k, n, bits) in [
+        (160usize, 24usize, 4u32),
+        (40, 8, 4),
+        (160, 24, 8),
+        (40, 8, 8),
+    ] {
         let w: Vec<f32> = (0..n * k)
             .map(|i| (((i * 7919) % 101) as f32 - 50.0) / 97.0)
             .collect();
@@ -271,8 +291,12 @@ fn int4_packing_is_what_onnx_runtime_reads() -> Result<()> {
             DType::F32,
             vec![Dim::Fixed(2), Dim::Fixed(n as i64)],
         );
-        let mut g = quantize_weights(&b.finish()?, WeightBits::Int4 { block_size: 32 })
-            .map_err(anyhow::Error::msg)?;
+        let kind = if bits == 4 {
+            WeightBits::Int4 { block_size: 32 }
+        } else {
+            WeightBits::Int8Ort { block_size: 32 }
+        };
+        let mut g = quantize_weights(&b.finish()?, kind).map_err(anyhow::Error::msg)?;
         // exact float arithmetic, to check the packing alone (exports use
         // accuracy_level 4, which quantises the activations too)
         for n in &mut g.nodes {
@@ -298,16 +322,18 @@ fn int4_packing_is_what_onnx_runtime_reads() -> Result<()> {
             .bytes()
             .map_err(anyhow::Error::msg)?;
         let blocks = k.div_ceil(32);
+        let per_byte = (8 / bits) as usize;
+        let mask = ((1u32 << bits) - 1) as u8;
         let deq = |r: usize, kk: usize| {
             let (bl, i) = (kk / 32, kk % 32);
-            let byte = packed[(r * blocks + bl) * 16 + i / 2];
-            let q = if i % 2 == 0 { byte & 15 } else { byte >> 4 };
-            let zb = zps[r * blocks.div_ceil(2) + bl / 2];
-            let zp = if bl % 2 == 0 { zb & 15 } else { zb >> 4 };
+            let byte = packed[(r * blocks + bl) * 32 / per_byte + i / per_byte];
+            let q = (byte >> ((i % per_byte) as u32 * bits)) & mask;
+            let zb = zps[r * blocks.div_ceil(per_byte) + bl / per_byte];
+            let zp = (zb >> ((bl % per_byte) as u32 * bits)) & mask;
             (q as f32 - zp as f32) * scales[r * blocks + bl]
         };
         let xs: Vec<f32> = (0..2 * k).map(|i| ((i % 13) as f32 - 6.0) / 5.0).collect();
-        let dir = scratch().join(format!("nbits-{k}"));
+        let dir = scratch().join(format!("nbits-{k}-{bits}"));
         std::fs::create_dir_all(&dir)?;
         let opts = onnx::WriteOptions {
             extra_opsets: vec![("com.microsoft".into(), 1)],
