@@ -49,6 +49,60 @@ impl Value {
 }
 
 /// Loads graphs into sessions.
+/// A value a backend keeps between runs: for ONNX Runtime an `OrtValue` (in
+/// device memory under the CUDA and TensorRT providers), so that the KV
+/// cache and the media K/V need no host round trip per decode step.
+pub trait ResidentValue: Send + Sync + std::any::Any {
+    fn shape(&self) -> &[usize];
+    /// A host copy.
+    fn to_host(&self) -> Result<Value>;
+    fn as_any(&self) -> &dyn std::any::Any;
+}
+
+/// A shared handle to a [`ResidentValue`] (cloning shares it; runs never
+/// write their inputs).
+#[derive(Clone)]
+pub struct Resident(pub std::sync::Arc<dyn ResidentValue>);
+
+impl Resident {
+    pub fn shape(&self) -> &[usize] {
+        self.0.shape()
+    }
+    pub fn to_host(&self) -> Result<Value> {
+        self.0.to_host()
+    }
+}
+
+impl fmt::Debug for Resident {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Resident{:?}", self.shape())
+    }
+}
+
+/// A host value standing in for a resident one (backends without device
+/// memory of their own).
+impl ResidentValue for Value {
+    fn shape(&self) -> &[usize] {
+        Value::shape(self)
+    }
+    fn to_host(&self) -> Result<Value> {
+        Ok(self.clone())
+    }
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+}
+
+/// A graph input: borrowed host data, or a value the backend already holds.
+#[derive(Clone, Debug)]
+pub enum Input<'a> {
+    Host(ValueRef<'a>),
+    Resident(&'a Resident),
+}
+
+/// Host outputs and resident outputs of one run.
+pub type IoOutputs = (HashMap<String, Value>, HashMap<String, Resident>);
+
 pub trait Backend: Send + Sync {
     fn name(&self) -> &'static str;
     /// Loads the `.onnx` at `path` (external data beside it).
@@ -61,6 +115,56 @@ pub trait Session: Send {
     fn run(&mut self, inputs: Vec<(&str, ValueRef<'_>)>) -> Result<HashMap<String, Value>>;
     /// Which engine/provider runs this graph (`tract`, `ort:CPUExecutionProvider`).
     fn provider(&self) -> String;
+
+    /// Runs with inputs that may be resident; the outputs `keep` selects stay
+    /// with the backend (I/O binding), the others come back to the host.
+    /// The default (host memory only) wraps host values.
+    fn run_io(
+        &mut self,
+        inputs: Vec<(&str, Input<'_>)>,
+        keep: &dyn Fn(&str) -> bool,
+    ) -> Result<IoOutputs> {
+        let mut host = Vec::with_capacity(inputs.len());
+        for (name, i) in inputs {
+            host.push((
+                name,
+                match i {
+                    Input::Host(v) => v,
+                    Input::Resident(r) => {
+                        r.0.as_any()
+                            .downcast_ref::<Value>()
+                            .ok_or_else(|| {
+                                Error::Input(format!("`{name}` is held by another backend"))
+                            })?
+                            .view()
+                    }
+                },
+            ));
+        }
+        let out = self.run(host)?;
+        let mut resident = HashMap::new();
+        let mut rest = HashMap::new();
+        for (name, v) in out {
+            if keep(&name) {
+                resident.insert(name, Resident(std::sync::Arc::new(v)));
+            } else {
+                rest.insert(name, v);
+            }
+        }
+        Ok((rest, resident))
+    }
+
+    /// Hands a host value to the backend once (e.g. the media K/V, read by
+    /// every decode step).
+    fn upload(&self, v: &Value) -> Result<Resident> {
+        Ok(Resident(std::sync::Arc::new(v.clone())))
+    }
+
+    /// Whether [`Self::run_io`] keeps values in the backend's own memory
+    /// (worth using instead of [`Self::run`]).
+    fn binds_io(&self) -> bool {
+        false
+    }
 }
 
 /// The backends a user can ask for by name.

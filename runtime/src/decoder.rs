@@ -5,60 +5,105 @@
 use flamingo_graphs::contract as io;
 use ndarray::{Array2, ArrayD, Axis, IxDyn};
 
-use crate::backend::ValueRef;
+use crate::backend::{Input, Resident, Value, ValueRef};
 use crate::model::Model;
 use crate::{Error, Result};
 
 /// Cross-attention K/V of every gated layer, by graph input name.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct MediaKv {
     pub tensors: Vec<(String, ArrayD<f32>)>,
+    /// The same tensors handed to the decoder's backend once (device memory
+    /// under the GPU providers), on first use by [`Model::decode`].
+    resident: std::sync::OnceLock<Vec<Resident>>,
 }
 
 impl MediaKv {
+    pub fn new(tensors: Vec<(String, ArrayD<f32>)>) -> MediaKv {
+        MediaKv {
+            tensors,
+            resident: Default::default(),
+        }
+    }
+
     /// Rows `idx` of every tensor (beam search reorders, batching gathers).
     pub fn select(&self, idx: &[usize]) -> MediaKv {
-        MediaKv {
-            tensors: self
-                .tensors
+        MediaKv::new(
+            self.tensors
                 .iter()
                 .map(|(n, t)| (n.clone(), t.select(Axis(0), idx)))
                 .collect(),
-        }
+        )
     }
 }
 
-/// The self-attention cache: per layer `(key, value)` `[batch, kv_heads, len, head_dim]`.
+/// The self-attention cache: per layer `(key, value)` `[batch, kv_heads, len,
+/// head_dim]`, on the host (`layers`) or, between the steps of a backend that
+/// binds its I/O, held by the backend (device memory under the GPU providers).
 #[derive(Clone, Debug)]
 pub struct KvCache {
     pub layers: Vec<(ArrayD<f32>, ArrayD<f32>)>,
+    resident: Vec<(Resident, Resident)>,
 }
 
 impl KvCache {
+    /// A host cache.
+    pub fn new(layers: Vec<(ArrayD<f32>, ArrayD<f32>)>) -> KvCache {
+        KvCache {
+            layers,
+            resident: Vec::new(),
+        }
+    }
     /// Cached sequence length.
     pub fn len(&self) -> usize {
-        self.layers.first().map(|(k, _)| k.shape()[2]).unwrap_or(0)
+        match self.resident.first() {
+            Some((k, _)) => k.shape()[2],
+            None => self.layers.first().map(|(k, _)| k.shape()[2]).unwrap_or(0),
+        }
     }
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+    /// Whether the backend holds the cache (no host copy per step).
+    pub fn is_resident(&self) -> bool {
+        !self.resident.is_empty()
+    }
+    /// Brings a resident cache back to the host (`layers`).
+    pub fn to_host(&mut self) -> Result<()> {
+        if self.resident.is_empty() {
+            return Ok(());
+        }
+        let mut layers = Vec::with_capacity(self.resident.len());
+        for (k, v) in &self.resident {
+            layers.push((
+                k.to_host()?.into_f32("present")?,
+                v.to_host()?.into_f32("present")?,
+            ));
+        }
+        self.layers = layers;
+        self.resident.clear();
+        Ok(())
+    }
     /// Keeps the first `len` positions (rewind).
-    pub fn truncate(&mut self, len: usize) {
+    pub fn truncate(&mut self, len: usize) -> Result<()> {
+        self.to_host()?;
         for (k, v) in &mut self.layers {
             let n = len.min(k.shape()[2]);
             *k = k.slice_axis(Axis(2), (0..n).into()).to_owned();
             *v = v.slice_axis(Axis(2), (0..n).into()).to_owned();
         }
+        Ok(())
     }
-    /// Rows `idx` of the batch (beam reordering).
-    pub fn select(&self, idx: &[usize]) -> KvCache {
-        KvCache {
-            layers: self
-                .layers
+    /// Rows `idx` of the batch (beam reordering), on the host.
+    pub fn select(&self, idx: &[usize]) -> Result<KvCache> {
+        let mut host = self.clone();
+        host.to_host()?;
+        Ok(KvCache::new(
+            host.layers
                 .iter()
                 .map(|(k, v)| (k.select(Axis(0), idx), v.select(Axis(0), idx)))
                 .collect(),
-        }
+        ))
     }
 }
 
@@ -92,16 +137,14 @@ impl Model {
                 tensors.push((name, t));
             }
         }
-        Ok(MediaKv { tensors })
+        Ok(MediaKv::new(tensors))
     }
 
     /// An empty cache for `batch` rows.
     pub fn empty_cache(&self, batch: usize) -> KvCache {
         let d = &self.manifest.model.decoder;
         let z = || ArrayD::<f32>::zeros(IxDyn(&[batch, d.kv_heads, 0, d.head_dim]));
-        KvCache {
-            layers: (0..d.num_layers).map(|_| (z(), z())).collect(),
-        }
+        KvCache::new((0..d.num_layers).map(|_| (z(), z())).collect())
     }
 
     /// Runs one decoder call, appending this step's K/V to `cache`; returns
@@ -152,48 +195,100 @@ impl Model {
                 )));
             }
         }
-        // inputs are borrowed: the caches are not copied to call the graph
+        // inputs are borrowed: the caches are not copied to call the graph;
+        // with I/O binding, the KV cache and the media K/V stay with the
+        // backend between steps and only the logits come back
+        let bind = self.binds_io("decoder");
+        if bind && media.resident.get().is_none() {
+            let mut up = Vec::with_capacity(media.tensors.len());
+            for (_, t) in &media.tensors {
+                up.push(self.upload("decoder", &Value::F32(t.clone()))?);
+            }
+            let _ = media.resident.set(up);
+        }
         let keep = ArrayD::from_elem(IxDyn(&[1]), step.keep.clamp(1, s) as i64);
-        let past_names: Vec<(String, String)> = (0..cache.layers.len())
+        let past_names: Vec<(String, String)> = (0..d.num_layers)
             .map(|i| (io::past_key(i), io::past_value(i)))
             .collect();
-        let mut inputs: Vec<(&str, ValueRef<'_>)> = vec![
+        let mut inputs: Vec<(&str, Input<'_>)> = vec![
             (
                 io::INPUT_IDS,
-                ValueRef::I64(step.input_ids.view().into_dyn()),
+                Input::Host(ValueRef::I64(step.input_ids.view().into_dyn())),
             ),
             (
                 io::ATTENTION_MASK,
-                ValueRef::I64(step.attention_mask.view().into_dyn()),
+                Input::Host(ValueRef::I64(step.attention_mask.view().into_dyn())),
             ),
             (
                 io::MEDIA_TIME,
-                ValueRef::I64(step.media_time.view().into_dyn()),
+                Input::Host(ValueRef::I64(step.media_time.view().into_dyn())),
             ),
-            (io::NUM_LOGITS_TO_KEEP, ValueRef::I64(keep.view())),
+            (
+                io::NUM_LOGITS_TO_KEEP,
+                Input::Host(ValueRef::I64(keep.view())),
+            ),
         ];
         if d.uses_position_ids {
             inputs.push((
                 io::POSITION_IDS,
-                ValueRef::I64(step.position_ids.view().into_dyn()),
+                Input::Host(ValueRef::I64(step.position_ids.view().into_dyn())),
             ));
         }
-        for ((kn, vn), (k, v)) in past_names.iter().zip(&cache.layers) {
-            inputs.push((kn, ValueRef::F32(k.view())));
-            inputs.push((vn, ValueRef::F32(v.view())));
+        if cache.resident.len() == d.num_layers {
+            for ((kn, vn), (k, v)) in past_names.iter().zip(&cache.resident) {
+                inputs.push((kn, Input::Resident(k)));
+                inputs.push((vn, Input::Resident(v)));
+            }
+        } else {
+            if cache.layers.len() != d.num_layers {
+                return Err(Error::Input(format!(
+                    "the KV cache has {} layers, the decoder {}",
+                    cache.layers.len(),
+                    d.num_layers
+                )));
+            }
+            for ((kn, vn), (k, v)) in past_names.iter().zip(&cache.layers) {
+                inputs.push((kn, Input::Host(ValueRef::F32(k.view()))));
+                inputs.push((vn, Input::Host(ValueRef::F32(v.view()))));
+            }
         }
-        for (name, t) in &media.tensors {
-            inputs.push((name, ValueRef::F32(t.view())));
+        match media.resident.get().filter(|_| bind) {
+            Some(up) => {
+                for ((name, _), r) in media.tensors.iter().zip(up) {
+                    inputs.push((name, Input::Resident(r)));
+                }
+            }
+            None => {
+                for (name, t) in &media.tensors {
+                    inputs.push((name, Input::Host(ValueRef::F32(t.view()))));
+                }
+            }
         }
-        let mut out = self.run_graph("decoder", inputs)?;
-        for (i, layer) in cache.layers.iter_mut().enumerate() {
-            let k = out
-                .remove(&io::present_key(i))
-                .ok_or_else(|| Error::Input(format!("decoder did not return present.{i}.key")))?;
-            let v = out
-                .remove(&io::present_value(i))
-                .ok_or_else(|| Error::Input(format!("decoder did not return present.{i}.value")))?;
-            *layer = (k.into_f32("present")?, v.into_f32("present")?);
+        let present = |n: &str| bind && n.starts_with("present.");
+        let (mut out, mut kept) = self.run_graph_io("decoder", inputs, &present)?;
+        let missing = |i: usize| Error::Input(format!("decoder did not return present.{i}"));
+        if bind {
+            let mut layers = Vec::with_capacity(d.num_layers);
+            for i in 0..d.num_layers {
+                let k = kept.remove(&io::present_key(i)).ok_or_else(|| missing(i))?;
+                let v = kept
+                    .remove(&io::present_value(i))
+                    .ok_or_else(|| missing(i))?;
+                layers.push((k, v));
+            }
+            cache.resident = layers;
+            cache.layers.clear();
+        } else {
+            let mut layers = Vec::with_capacity(d.num_layers);
+            for i in 0..d.num_layers {
+                let k = out.remove(&io::present_key(i)).ok_or_else(|| missing(i))?;
+                let v = out
+                    .remove(&io::present_value(i))
+                    .ok_or_else(|| missing(i))?;
+                layers.push((k.into_f32("present")?, v.into_f32("present")?));
+            }
+            cache.layers = layers;
+            cache.resident.clear();
         }
         out.remove(io::LOGITS)
             .ok_or_else(|| Error::Input("decoder did not return logits".into()))?

@@ -53,7 +53,7 @@ pub mod search;
 pub mod tokenizer;
 pub mod tract_backend;
 
-pub use backend::{Backend, BackendKind, Session, Value, ValueRef};
+pub use backend::{Backend, BackendKind, Input, Resident, Session, Value, ValueRef};
 pub use decoder::{KvCache, MediaKv, Step};
 pub use error::{Error, Result};
 pub use model::{Encoded, Media, Model, Observer};

@@ -128,17 +128,45 @@ impl Model {
         role: &str,
         inputs: Vec<(&str, ValueRef<'_>)>,
     ) -> Result<HashMap<String, Value>> {
-        let session = match role {
+        let out = self.session(role)?.run(inputs)?;
+        if let Some(obs) = self.observer.as_mut() {
+            obs(role, &out);
+        }
+        Ok(out)
+    }
+
+    fn session(&mut self, role: &str) -> Result<&mut Box<dyn crate::backend::Session>> {
+        match role {
             "vision_encoder" => Some(&mut self.vision),
             "resampler" => Some(&mut self.resampler),
             "media_kv" => self.media_kv.as_mut(),
             "decoder" => self.decoder.as_mut(),
             _ => None,
         }
-        .ok_or_else(|| Error::Input(format!("this export has no {role} graph")))?;
-        let out = session.run(inputs)?;
+        .ok_or_else(|| Error::Input(format!("this export has no {role} graph")))
+    }
+
+    /// Whether graph `role` runs with I/O binding (values kept by the backend).
+    pub(crate) fn binds_io(&mut self, role: &str) -> bool {
+        self.session(role).map(|s| s.binds_io()).unwrap_or(false)
+    }
+
+    /// Hands `v` to the backend running `role`, once.
+    pub(crate) fn upload(&mut self, role: &str, v: &Value) -> Result<crate::backend::Resident> {
+        self.session(role)?.upload(v)
+    }
+
+    /// [`Self::run_graph`] with I/O binding: the outputs `keep` selects stay
+    /// with the backend. The observer sees the host outputs.
+    pub(crate) fn run_graph_io(
+        &mut self,
+        role: &str,
+        inputs: Vec<(&str, crate::backend::Input<'_>)>,
+        keep: &dyn Fn(&str) -> bool,
+    ) -> Result<crate::backend::IoOutputs> {
+        let out = self.session(role)?.run_io(inputs, keep)?;
         if let Some(obs) = self.observer.as_mut() {
-            obs(role, &out);
+            obs(role, &out.0);
         }
         Ok(out)
     }

@@ -100,6 +100,19 @@ pub struct OrtBackend {
     name: &'static str,
 }
 
+impl Providers {
+    /// Where resident values live: the GPU's memory, or the host's.
+    fn device(&self) -> (ort::memory::AllocationDevice<'static>, i32) {
+        match self {
+            Providers::Cpu => (ort::memory::AllocationDevice::CPU, 0),
+            #[cfg(feature = "cuda")]
+            Providers::Cuda(o) => (ort::memory::AllocationDevice::CUDA, o.device_id),
+            #[cfg(feature = "tensorrt")]
+            Providers::TensorRt(o, _) => (ort::memory::AllocationDevice::CUDA, o.device_id),
+        }
+    }
+}
+
 impl OrtBackend {
     pub fn cpu() -> Result<OrtBackend> {
         Self::with(Providers::Cpu, "ort-cpu")
@@ -196,6 +209,7 @@ impl Backend for OrtBackend {
         let session = b.commit_from_file(path).map_err(ctx)?;
         Ok(Box::new(OrtCpuSession {
             session,
+            device: self.providers.device(),
             provider: match name {
                 "ort-cuda" => "ort:CUDAExecutionProvider (CPU fallback per node)",
                 "ort-tensorrt" => {
@@ -221,7 +235,54 @@ fn to_array<T: Copy>(shape: &[i64], data: &[T]) -> Result<ndarray::ArrayD<T>> {
 
 struct OrtCpuSession {
     session: OrtSession,
+    device: (ort::memory::AllocationDevice<'static>, i32),
     provider: &'static str,
+}
+
+/// An ONNX Runtime tensor kept between runs (device memory under CUDA).
+struct OrtResident {
+    value: ort::value::DynTensor,
+    shape: Vec<usize>,
+}
+
+impl crate::backend::ResidentValue for OrtResident {
+    fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+    fn to_host(&self) -> Result<Value> {
+        let e = |e: ort::Error| err("ort", e);
+        if self.value.memory_info().is_cpu_accessible() {
+            return host_value(&self.value).map_err(e)?;
+        }
+        let host = self
+            .value
+            .to(ort::memory::AllocationDevice::CPU, 0)
+            .map_err(e)?;
+        host_value(&host).map_err(e)?
+    }
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+}
+
+/// A host copy of an ONNX Runtime tensor (float32 or int64).
+fn host_value<T: ort::value::TensorValueTypeMarker + ?Sized>(
+    v: &ort::value::Value<T>,
+) -> std::result::Result<Result<Value>, ort::Error> {
+    Ok(if let Ok((shape, data)) = v.try_extract_tensor::<f32>() {
+        to_array(shape, data).map(Value::F32)
+    } else {
+        let (shape, data) = v.try_extract_tensor::<i64>()?;
+        to_array(shape, data).map(Value::I64)
+    })
+}
+
+/// An owned ONNX Runtime tensor from host data.
+fn owned<T: ort::value::PrimitiveTensorElementType + Clone + std::fmt::Debug + 'static>(
+    a: &ndarray::ArrayViewD<'_, T>,
+) -> std::result::Result<ort::value::DynTensor, ort::Error> {
+    let shape: Vec<i64> = a.shape().iter().map(|&d| d as i64).collect();
+    Ok(Tensor::from_array((shape, a.iter().cloned().collect::<Vec<T>>()))?.upcast())
 }
 
 impl Session for OrtCpuSession {
@@ -273,5 +334,94 @@ impl Session for OrtCpuSession {
     }
     fn provider(&self) -> String {
         self.provider.into()
+    }
+
+    /// I/O binding: resident inputs are bound as they are, kept outputs are
+    /// allocated on the session's device and stay there; the rest (e.g. the
+    /// last position's logits) are copied to the host.
+    fn run_io(
+        &mut self,
+        inputs: Vec<(&str, crate::backend::Input<'_>)>,
+        keep: &dyn Fn(&str) -> bool,
+    ) -> Result<crate::backend::IoOutputs> {
+        use crate::backend::{Input, Resident};
+        use ort::memory::{AllocationDevice, AllocatorType, MemoryInfo, MemoryType};
+        let e = |e: ort::Error| err("ort", e);
+        let mut binding = self.session.create_binding().map_err(e)?;
+        for (name, i) in &inputs {
+            match i {
+                Input::Host(ValueRef::F32(a)) => binding.bind_input(*name, &owned(a).map_err(e)?),
+                Input::Host(ValueRef::I64(a)) => binding.bind_input(*name, &owned(a).map_err(e)?),
+                Input::Resident(r) => {
+                    let Some(v) = r.0.as_any().downcast_ref::<OrtResident>() else {
+                        return Err(Error::Input(format!("`{name}` is held by another backend")));
+                    };
+                    binding.bind_input(*name, &v.value)
+                }
+            }
+            .map_err(e)?;
+        }
+        let (dev, id) = &self.device;
+        let on_device =
+            MemoryInfo::new(dev.clone(), *id, AllocatorType::Device, MemoryType::Default)
+                .map_err(e)?;
+        let on_host = MemoryInfo::new(
+            AllocationDevice::CPU,
+            0,
+            AllocatorType::Device,
+            MemoryType::Default,
+        )
+        .map_err(e)?;
+        let names: Vec<String> = self
+            .session
+            .outputs()
+            .iter()
+            .map(|o| o.name().to_string())
+            .collect();
+        for n in &names {
+            let at = if keep(n) { &on_device } else { &on_host };
+            binding.bind_output_to_device(n.as_str(), at).map_err(e)?;
+        }
+        let mut outs = self.session.run_binding(&binding).map_err(e)?;
+        let (mut host, mut resident) = (HashMap::new(), HashMap::new());
+        for n in names {
+            let v = outs
+                .remove(n.as_str())
+                .ok_or_else(|| err("ort", format!("no output `{n}`")))?;
+            if keep(&n) {
+                let value = v.downcast::<ort::value::DynTensorValueType>().map_err(e)?;
+                let shape = value.shape().iter().map(|&d| d.max(0) as usize).collect();
+                resident.insert(
+                    n,
+                    Resident(std::sync::Arc::new(OrtResident { value, shape })),
+                );
+            } else {
+                host.insert(n, host_value(&v).map_err(e)??);
+            }
+        }
+        Ok((host, resident))
+    }
+
+    fn upload(&self, v: &Value) -> Result<crate::backend::Resident> {
+        let e = |e: ort::Error| err("ort", e);
+        let value = match v {
+            Value::F32(a) => owned(&a.view()),
+            Value::I64(a) => owned(&a.view()),
+        }
+        .map_err(e)?;
+        let (dev, id) = &self.device;
+        let value = if *dev == ort::memory::AllocationDevice::CPU {
+            value
+        } else {
+            value.to(dev.clone(), *id).map_err(e)?
+        };
+        Ok(crate::backend::Resident(std::sync::Arc::new(OrtResident {
+            value,
+            shape: v.shape().to_vec(),
+        })))
+    }
+
+    fn binds_io(&self) -> bool {
+        true
     }
 }

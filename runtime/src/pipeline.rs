@@ -579,7 +579,7 @@ impl Pipeline {
                 })
                 .collect();
             beam_scores = next.iter().map(|n| n.0).collect();
-            cache = cache.select(&order);
+            cache = cache.select(&order)?;
             cur_len += 1;
             if done || cur_len >= max_len {
                 break;
@@ -704,7 +704,7 @@ fn stack_media(rows: &[&MediaKv]) -> Result<MediaKv> {
             concatenate(Axis(0), &views).map_err(|e| Error::Input(e.to_string()))?,
         ));
     }
-    Ok(MediaKv { tensors })
+    Ok(MediaKv::new(tensors))
 }
 
 /// Resolves a media path relative to `base` (batch files resolve against their directory).

@@ -164,3 +164,48 @@ fn a_decode_step_can_keep_only_the_last_logits() -> Result<()> {
     }
     Ok(())
 }
+
+/// ONNX Runtime binds the decoder's I/O: the KV cache stays with the backend
+/// between steps (device memory under CUDA) and reads back equal to tract's
+/// host cache; tract keeps it on the host. Rewinding and beam reordering
+/// bring it back to the host.
+#[test]
+fn onnx_runtime_keeps_the_kv_cache_between_steps_and_it_reads_back_equal() -> Result<()> {
+    use flamingo_runtime::BackendKind;
+    let fx = "tiny-llama";
+    let exp = Expected::load(fx)?;
+    let case = named_case(fx, "fewshot2")?;
+    let ids = ids_of(&case["input_ids"]);
+    let media = flamingo_json(fx)?["media_token_id"]
+        .as_i64()
+        .context("media token")?;
+    let mt = media_times(&ids, 0, media);
+    let n = ids.len();
+    let mut caches = Vec::new();
+    for backend in [BackendKind::Tract, BackendKind::OrtCpu] {
+        let mut m = Model::load(&exported(fx)?, backend)?;
+        let kv = case_media(&mut m, &exp, &case)?;
+        let mut cache = m.empty_cache(1);
+        m.decode(&step(&ids, &mt, 0, n - 2, 1)?, &kv, &mut cache)?;
+        m.decode(&step(&ids, &mt, n - 2, n, 1)?, &kv, &mut cache)?;
+        assert_eq!(cache.len(), n);
+        assert_eq!(
+            cache.is_resident(),
+            backend == BackendKind::OrtCpu,
+            "{backend}"
+        );
+        let mut rewound = cache.clone();
+        rewound.truncate(n - 1)?;
+        assert!(!rewound.is_resident());
+        assert_eq!(rewound.len(), n - 1);
+        let picked = cache.select(&[0, 0])?;
+        assert_eq!(picked.layers[0].0.shape()[0], 2);
+        cache.to_host()?;
+        caches.push(cache);
+    }
+    for ((ka, va), (kb, vb)) in caches[0].layers.iter().zip(&caches[1].layers) {
+        assert!(max_abs_diff(ka, kb)? <= 1e-4);
+        assert!(max_abs_diff(va, vb)? <= 1e-4);
+    }
+    Ok(())
+}
