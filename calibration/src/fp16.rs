@@ -27,6 +27,51 @@ fn f32_to_f16_bytes(b: &[u8]) -> Vec<u8> {
         .collect()
 }
 
+/// `g` with every float32 graph output written by a float32 Identity (an
+/// island), so that the conversion casts it back at the boundary: outputs
+/// produced directly by another node are renamed `<output>/fp16` first.
+fn name_float_outputs(g: &Graph) -> Graph {
+    let mut g = g.clone();
+    let mut names: HashSet<String> = g.nodes.iter().map(|n| n.name.clone()).collect();
+    let outputs: Vec<String> = g
+        .outputs
+        .iter()
+        .filter(|o| o.dtype == DType::F32)
+        .map(|o| o.name.clone())
+        .collect();
+    for o in outputs {
+        let Some(p) = g.nodes.iter().position(|n| n.outputs.contains(&o)) else {
+            continue;
+        };
+        if g.nodes[p].keep_fp32 {
+            continue;
+        }
+        let inner = format!("{o}/fp16");
+        for n in &mut g.nodes {
+            for v in n.inputs.iter_mut().chain(n.outputs.iter_mut()) {
+                if *v == o {
+                    *v = inner.clone();
+                }
+            }
+        }
+        let mut name = format!("output.{o}");
+        while names.contains(&name) {
+            name.push('_');
+        }
+        names.insert(name.clone());
+        g.nodes.push(Node {
+            name,
+            op_type: "Identity".into(),
+            domain: String::new(),
+            inputs: vec![inner],
+            outputs: vec![o],
+            attrs: vec![],
+            keep_fp32: true,
+        });
+    }
+    g
+}
+
 /// The tensor as float16 (lazily).
 pub fn tensor_to_f16(t: Tensor) -> Tensor {
     let shape = t.shape.clone();
@@ -35,6 +80,7 @@ pub fn tensor_to_f16(t: Tensor) -> Tensor {
 
 /// Rewrites an float32 graph to float16 (see the module doc).
 pub fn to_fp16(g: &Graph) -> Result<Graph, String> {
+    let g = &name_float_outputs(g);
     let types = dtypes::infer(g)?;
     let is_f32 = |v: &str| types.get(v) == Some(&DType::F32);
     // initializers read only by fp32 islands stay float32

@@ -230,14 +230,55 @@ impl GraphBuilder {
                 });
             }
         }
-        Ok(Graph {
+        let mut g = Graph {
             name: self.name,
             doc: self.doc,
             inputs: self.inputs,
             outputs: self.outputs,
             nodes: self.nodes,
             initializers: self.initializers,
-        })
+        };
+        fold_output_identities(&mut g);
+        Ok(g)
+    }
+}
+
+/// Removes the Identity that names a graph output where the producing node
+/// can write the output itself (its value is no graph input, initializer or
+/// other output): runtimes copy on Identity, and for the decoder's `present`
+/// outputs that would be the whole KV cache on every step.
+fn fold_output_identities(g: &mut Graph) {
+    let outputs: HashSet<String> = g.outputs.iter().map(|o| o.name.clone()).collect();
+    let mut fixed: HashSet<String> = g.inputs.iter().map(|i| i.name.clone()).collect();
+    fixed.extend(g.initializers.iter().map(|(n, _)| n.clone()));
+    let mut renames: HashMap<String, String> = HashMap::new();
+    let mut drop = HashSet::new();
+    for (i, n) in g.nodes.iter().enumerate() {
+        if n.op_type != "Identity" || n.inputs.len() != 1 || n.outputs.len() != 1 {
+            continue;
+        }
+        let (src, out) = (&n.inputs[0], &n.outputs[0]);
+        if !outputs.contains(out)
+            || outputs.contains(src)
+            || fixed.contains(src)
+            || renames.contains_key(src)
+        {
+            continue;
+        }
+        renames.insert(src.clone(), out.clone());
+        drop.insert(i);
+    }
+    let mut i = 0;
+    g.nodes.retain(|_| {
+        i += 1;
+        !drop.contains(&(i - 1))
+    });
+    for n in &mut g.nodes {
+        for v in n.inputs.iter_mut().chain(n.outputs.iter_mut()) {
+            if let Some(r) = renames.get(v.as_str()) {
+                *v = r.clone();
+            }
+        }
     }
 }
 

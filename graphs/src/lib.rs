@@ -12,7 +12,8 @@
 //! let y = g.scope(&NoWeights, "").add(x, x);
 //! g.output(y, "y", DType::F32, vec![Dim::sym("n"), Dim::Fixed(4)]);
 //! let graph = g.finish().unwrap();
-//! assert_eq!(graph.nodes.len(), 2); // Add, and the Identity naming the output
+//! assert_eq!(graph.nodes.len(), 1); // the Add writes the output `y` itself
+//! assert_eq!(graph.nodes[0].outputs, ["y"]);
 //! ```
 
 pub mod blocks;
