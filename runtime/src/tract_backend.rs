@@ -59,19 +59,52 @@ struct TractSession {
     outputs: Vec<String>,
 }
 
-impl Session for TractSession {
-    fn run(&mut self, inputs: Vec<(&str, ValueRef<'_>)>) -> Result<HashMap<String, Value>> {
-        let mut by_name: HashMap<&str, ValueRef<'_>> = inputs.into_iter().collect();
+/// A tract value kept between runs (the KV cache, the media K/V): fed back
+/// as it is, without converting to and from ndarray on every step.
+struct TractResident {
+    value: TValue,
+    shape: Vec<usize>,
+}
+
+impl crate::backend::ResidentValue for TractResident {
+    fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+    fn to_host(&self) -> Result<Value> {
+        host(self.value.clone())
+    }
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+}
+
+fn host(v: TValue) -> Result<Value> {
+    let t = v.into_tensor();
+    Ok(match t.datum_type() {
+        DatumType::F32 => Value::F32(t.into_plain_array::<f32>().map_err(err)?),
+        DatumType::I64 => Value::I64(t.into_plain_array::<i64>().map_err(err)?),
+        other => return Err(err(format!("unexpected output dtype {other:?}"))),
+    })
+}
+
+fn tensor(v: ValueRef<'_>) -> TValue {
+    let t: Tensor = match v {
+        ValueRef::F32(a) => a.to_owned().into(),
+        ValueRef::I64(a) => a.to_owned().into(),
+    };
+    t.into()
+}
+
+impl TractSession {
+    /// Runs the plan on inputs in graph order; outputs by name.
+    fn exec(&self, mut by_name: HashMap<&str, TValue>) -> Result<Vec<(String, TValue)>> {
         let mut tv: TVec<TValue> = tvec![];
         for name in &self.inputs {
-            let v = by_name
-                .remove(name.as_str())
-                .ok_or_else(|| Error::Input(format!("graph input `{name}` not given")))?;
-            let t: Tensor = match v {
-                ValueRef::F32(a) => a.to_owned().into(),
-                ValueRef::I64(a) => a.to_owned().into(),
-            };
-            tv.push(t.into());
+            tv.push(
+                by_name
+                    .remove(name.as_str())
+                    .ok_or_else(|| Error::Input(format!("graph input `{name}` not given")))?,
+            );
         }
         // tract asserts on some malformed graphs: report, don't abort
         let plan = self.plan.clone();
@@ -85,19 +118,66 @@ impl Session for TractSession {
                 err(format!("tract failed while running the graph ({msg}); re-export the model with this version"))
             })?
             .map_err(err)?;
-        let mut res = HashMap::new();
-        for (name, v) in self.outputs.iter().zip(out) {
-            let t = v.into_tensor();
-            let val = match t.datum_type() {
-                DatumType::F32 => Value::F32(t.into_plain_array::<f32>().map_err(err)?),
-                DatumType::I64 => Value::I64(t.into_plain_array::<i64>().map_err(err)?),
-                other => return Err(err(format!("unexpected output dtype {other:?}"))),
-            };
-            res.insert(name.clone(), val);
-        }
-        Ok(res)
+        Ok(self.outputs.iter().cloned().zip(out).collect())
+    }
+}
+
+impl Session for TractSession {
+    fn run(&mut self, inputs: Vec<(&str, ValueRef<'_>)>) -> Result<HashMap<String, Value>> {
+        let by_name = inputs.into_iter().map(|(n, v)| (n, tensor(v))).collect();
+        self.exec(by_name)?
+            .into_iter()
+            .map(|(name, v)| Ok((name, host(v)?)))
+            .collect()
     }
     fn provider(&self) -> String {
         "tract".into()
+    }
+
+    fn run_io(
+        &mut self,
+        inputs: Vec<(&str, crate::backend::Input<'_>)>,
+        keep: &dyn Fn(&str) -> bool,
+    ) -> Result<crate::backend::IoOutputs> {
+        use crate::backend::{Input, Resident};
+        let mut by_name = HashMap::new();
+        for (name, i) in inputs {
+            let v = match i {
+                Input::Host(v) => tensor(v),
+                Input::Resident(r) => match r.0.as_any().downcast_ref::<TractResident>() {
+                    Some(t) => t.value.clone(),
+                    None => tensor(
+                        r.0.as_any()
+                            .downcast_ref::<Value>()
+                            .ok_or_else(|| {
+                                Error::Input(format!("`{name}` is held by another backend"))
+                            })?
+                            .view(),
+                    ),
+                },
+            };
+            by_name.insert(name, v);
+        }
+        let (mut host_out, mut kept) = (HashMap::new(), HashMap::new());
+        for (name, v) in self.exec(by_name)? {
+            if keep(&name) {
+                let shape = v.shape().to_vec();
+                kept.insert(name, Resident(Arc::new(TractResident { value: v, shape })));
+            } else {
+                host_out.insert(name, host(v)?);
+            }
+        }
+        Ok((host_out, kept))
+    }
+
+    fn upload(&self, v: &Value) -> Result<crate::backend::Resident> {
+        Ok(crate::backend::Resident(Arc::new(TractResident {
+            value: tensor(v.view()),
+            shape: v.shape().to_vec(),
+        })))
+    }
+
+    fn binds_io(&self) -> bool {
+        true
     }
 }
