@@ -124,7 +124,8 @@ fn nbits_rows(
     let mut packed = vec![0u8; n * row_bytes];
     let mut scales = vec![0f32; n * blocks];
     let mut zps = vec![0u8; n * zp_row];
-    for r in 0..n {
+    // one output row at a time, rows split over the cores
+    let row = |r: usize, packed: &mut [u8], scales: &mut [f32], zps: &mut [u8]| {
         let mut row: Vec<f64> = (0..blocks * bs)
             .map(|i| if i < k { w[r * k + i] as f64 } else { 0.0 })
             .collect();
@@ -159,13 +160,37 @@ fn nbits_rows(
         }
         let shift = |i: usize| (i % per_byte) as u32 * bits;
         for (b, &(scale, zp)) in params.iter().enumerate() {
-            scales[r * blocks + b] = scale;
-            zps[r * zp_row + b / per_byte] |= zp << shift(b);
+            scales[b] = scale;
+            zps[b / per_byte] |= zp << shift(b);
         }
         for (i, q) in codes.iter().enumerate() {
-            packed[r * row_bytes + i / per_byte] |= *q << shift(i);
+            packed[i / per_byte] |= *q << shift(i);
         }
-    }
+    };
+    let threads = std::thread::available_parallelism()
+        .map(|t| t.get())
+        .unwrap_or(1)
+        .clamp(1, n.max(1));
+    let per = n.div_ceil(threads).max(1);
+    std::thread::scope(|sc| {
+        let chunks = packed
+            .chunks_mut(per * row_bytes)
+            .zip(scales.chunks_mut(per * blocks))
+            .zip(zps.chunks_mut(per * zp_row));
+        for (t, ((p, s), z)) in chunks.enumerate() {
+            let row = &row;
+            sc.spawn(move || {
+                for (j, ((p, s), z)) in p
+                    .chunks_mut(row_bytes)
+                    .zip(s.chunks_mut(blocks))
+                    .zip(z.chunks_mut(zp_row))
+                    .enumerate()
+                {
+                    row(t * per + j, p, s, z);
+                }
+            });
+        }
+    });
     (packed, scales, zps)
 }
 
