@@ -19,11 +19,29 @@ fn err(e: impl std::fmt::Display) -> Error {
     }
 }
 
+/// Matrix products over every core (once per process), as ONNX Runtime does.
+fn use_all_cores() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let n = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1);
+        if n > 1 {
+            if let Ok(pool) =
+                std::panic::catch_unwind(|| tract_linalg::multithread::Executor::multithread(n))
+            {
+                tract_linalg::multithread::set_default_executor(pool);
+            }
+        }
+    });
+}
+
 impl Backend for TractBackend {
     fn name(&self) -> &'static str {
         "tract"
     }
     fn load(&self, path: &Path) -> Result<Box<dyn Session>> {
+        use_all_cores();
         let ctx = |e: TractError| err(format!("loading {}: {e:#}", path.display()));
         let model = tract_onnx::onnx().model_for_path(path).map_err(ctx)?;
         let model = model.into_optimized().map_err(ctx)?;
