@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Result};
 use flamingo_calibration::observe::Method;
-use flamingo_runtime::{BackendKind, GenerateOptions};
+use flamingo_runtime::BackendKind;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -45,23 +45,7 @@ pub fn run(a: Args) -> Result<()> {
         "percentile" => bail!("--percentile must be in (0, 100], got {}", a.percentile),
         other => bail!("--method {other}: expected entropy, percentile or minmax"),
     };
-    if a.out.exists() && !a.force {
-        bail!(
-            "output {} already exists (pass --force to replace it)",
-            a.out.display()
-        );
-    }
-    let defaults = GenerateOptions {
-        max_new_tokens: 4,
-        ..Default::default()
-    };
-    let mut reqs = crate::generate::read_requests(&a.data, &defaults)?;
-    if let Some(n) = a.samples {
-        reqs.truncate(n);
-    }
-    if reqs.is_empty() {
-        bail!("{}: no calibration requests", a.data.display());
-    }
+    let reqs = crate::progress::calibration_requests(&a.out, a.force, &a.data, a.samples, 4)?;
     let show = !a.json && std::io::stderr().is_terminal();
     let bar = crate::progress::request_bar(show, reqs.len(), "observing");
     let ranges =

@@ -59,3 +59,33 @@ pub fn request_bar(show: bool, total: usize, prefix: &str) -> ProgressBar {
     bar.set_prefix(prefix.to_string());
     bar
 }
+
+/// Calibration requests from `data` (the `generate --batch` format), at most
+/// `samples`, generating `max_new_tokens` each; refuses an existing `out`
+/// without `force` before any work, and an empty file.
+pub fn calibration_requests(
+    out: &std::path::Path,
+    force: bool,
+    data: &std::path::Path,
+    samples: Option<usize>,
+    max_new_tokens: usize,
+) -> anyhow::Result<Vec<flamingo_runtime::Request>> {
+    if out.exists() && !force {
+        anyhow::bail!(
+            "output {} already exists (pass --force to replace it)",
+            out.display()
+        );
+    }
+    let defaults = flamingo_runtime::GenerateOptions {
+        max_new_tokens,
+        ..Default::default()
+    };
+    let mut reqs = crate::generate::read_requests(data, &defaults)?;
+    if let Some(n) = samples {
+        reqs.truncate(n);
+    }
+    if reqs.is_empty() {
+        anyhow::bail!("{}: no calibration requests", data.display());
+    }
+    Ok(reqs)
+}

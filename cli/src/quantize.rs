@@ -6,7 +6,7 @@ use std::io::IsTerminal;
 
 use anyhow::{bail, Result};
 use flamingo_calibration::weights::{quantize_weights_with, WeightBits};
-use flamingo_runtime::{BackendKind, GenerateOptions};
+use flamingo_runtime::BackendKind;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -88,23 +88,7 @@ pub fn run(a: Args) -> Result<()> {
 
 /// The decoder's Hessians over the calibration requests, with a progress bar.
 fn observe(a: &Args, data: &std::path::Path) -> Result<flamingo_calibration::gptq::Hessians> {
-    if a.out.exists() && !a.force {
-        bail!(
-            "output {} already exists (pass --force to replace it)",
-            a.out.display()
-        );
-    }
-    let defaults = GenerateOptions {
-        max_new_tokens: 8,
-        ..Default::default()
-    };
-    let mut reqs = crate::generate::read_requests(data, &defaults)?;
-    if let Some(n) = a.samples {
-        reqs.truncate(n);
-    }
-    if reqs.is_empty() {
-        bail!("{}: no calibration requests", data.display());
-    }
+    let reqs = crate::progress::calibration_requests(&a.out, a.force, data, a.samples, 8)?;
     let bar = crate::progress::request_bar(
         !a.json && std::io::stderr().is_terminal(),
         reqs.len(),

@@ -285,6 +285,16 @@ fn owned<T: ort::value::PrimitiveTensorElementType + Clone + std::fmt::Debug + '
     Ok(Tensor::from_array((shape, a.iter().cloned().collect::<Vec<T>>()))?.upcast())
 }
 
+impl OrtCpuSession {
+    fn output_names(&self) -> Vec<String> {
+        self.session
+            .outputs()
+            .iter()
+            .map(|o| o.name().to_string())
+            .collect()
+    }
+}
+
 impl Session for OrtCpuSession {
     fn run(&mut self, inputs: Vec<(&str, ValueRef<'_>)>) -> Result<HashMap<String, Value>> {
         let e = |e: ort::Error| err("ort", e);
@@ -312,22 +322,11 @@ impl Session for OrtCpuSession {
             };
             ins.push((name.to_string(), value));
         }
-        let names: Vec<String> = self
-            .session
-            .outputs()
-            .iter()
-            .map(|o| o.name().to_string())
-            .collect();
+        let names = self.output_names();
         let outs = self.session.run(ins).map_err(e)?;
         let mut res = HashMap::new();
         for name in names {
-            let v = &outs[name.as_str()];
-            let val = if let Ok((shape, data)) = v.try_extract_tensor::<f32>() {
-                Value::F32(to_array(shape, data)?)
-            } else {
-                let (shape, data) = v.try_extract_tensor::<i64>().map_err(e)?;
-                Value::I64(to_array(shape, data)?)
-            };
+            let val = host_value(&outs[name.as_str()]).map_err(e)??;
             res.insert(name, val);
         }
         Ok(res)
@@ -372,12 +371,7 @@ impl Session for OrtCpuSession {
             MemoryType::Default,
         )
         .map_err(e)?;
-        let names: Vec<String> = self
-            .session
-            .outputs()
-            .iter()
-            .map(|o| o.name().to_string())
-            .collect();
+        let names = self.output_names();
         for n in &names {
             let at = if keep(n) { &on_device } else { &on_host };
             binding.bind_output_to_device(n.as_str(), at).map_err(e)?;
