@@ -9,5 +9,5 @@ export ORT_DYLIB_PATH="${ORT_DYLIB_PATH:-$root/.ort/lib/libonnxruntime.so}"
 cargo test --workspace "$@"
 # the GPU paths build and their unit tests (provider options, profiles,
 # engine-cache paths) pass without a GPU
-cargo build -p flamingo --features cuda,tensorrt
-cargo test -p flamingo-runtime --features cuda,tensorrt --lib "$@"
+# (one invocation, so the features unify once and nothing builds twice)
+cargo test -p flamingo -p flamingo-runtime --features cuda,tensorrt --lib --bins "$@"
