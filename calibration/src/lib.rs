@@ -13,6 +13,7 @@ pub mod dtypes;
 pub mod fp16;
 pub mod gptq;
 pub mod observe;
+pub mod ort_fuse;
 pub mod qdq;
 pub mod tables;
 pub mod weights;

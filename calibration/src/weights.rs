@@ -49,6 +49,26 @@ impl WeightBits {
     }
 }
 
+/// Settings of the blockwise (`MatMulNBits`) kinds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BlockOptions {
+    /// Symmetric blocks: no zero points (ONNX Runtime's default mid-code),
+    /// one fewer value per block to read and its faster kernels; coarser.
+    pub symmetric: bool,
+    /// Bits of the LM head (4 or 8). At 8 (the default) the head's error
+    /// stays small next to the body's; 4 reads half the bytes.
+    pub head_bits: u32,
+}
+
+impl Default for BlockOptions {
+    fn default() -> Self {
+        BlockOptions {
+            symmetric: false,
+            head_bits: 8,
+        }
+    }
+}
+
 fn f32s(t: &Tensor) -> Result<Vec<f32>, String> {
     t.to_f32_vec()
 }
@@ -95,6 +115,33 @@ fn best_range(vals: &[f32], levels: f32) -> (f32, u8) {
     (best.1, best.2)
 }
 
+/// Symmetric (scale, mid-code zero point) of a block: `max |v|` over the
+/// half range, shrunk by the ratio (1.0 down to 0.7) with the least squared
+/// error.
+fn best_symmetric(vals: &[f32], levels: f32) -> (f32, u8) {
+    let zp = (levels + 1.0) / 2.0;
+    let amax = vals.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let mut best = (f32::INFINITY, 1.0f32);
+    for step in 0..=6 {
+        let scale = if amax > 0.0 {
+            amax * (1.0 - 0.05 * step as f32) / (zp - 1.0)
+        } else {
+            1.0
+        };
+        let err: f32 = vals
+            .iter()
+            .map(|v| {
+                let d = grid_point(*v, (scale, zp as u8), levels) - v;
+                d * d
+            })
+            .sum();
+        if err < best.0 {
+            best = (err, scale);
+        }
+    }
+    (best.1, zp as u8)
+}
+
 /// The grid point (`levels` + 1 codes) of `v` under `(scale, zero point)`, dequantized.
 fn grid_point(v: f32, (scale, zp): (f32, u8), levels: f32) -> f32 {
     (grid_code(v, scale, zp, levels) as f32 - zp as f32) * scale
@@ -114,6 +161,7 @@ fn nbits_rows(
     k: usize,
     bs: usize,
     bits: u32,
+    symmetric: bool,
     comp: Option<&Compensation>,
 ) -> (Vec<u8>, Vec<f32>, Vec<u8>) {
     let levels = ((1u32 << bits) - 1) as f32;
@@ -135,7 +183,13 @@ fn nbits_rows(
             k,
             bs,
             comp,
-            |b| best_range(b, levels),
+            |b| {
+                if symmetric {
+                    best_symmetric(b, levels)
+                } else {
+                    best_range(b, levels)
+                }
+            },
             |v, p| grid_point(v, p, levels),
         );
         let codes: Vec<u8> = row
@@ -222,6 +276,37 @@ pub fn quantize_weights_with(
     bits: WeightBits,
     hessians: Option<&Hessians>,
 ) -> Result<Graph, String> {
+    quantize_weights_opts(g, bits, hessians, &BlockOptions::default())
+}
+
+/// A decoder as `flamingo quantize` writes it: the weights quantised and,
+/// for the `MatMulNBits` kinds (ONNX-Runtime-only graphs anyway), ONNX
+/// Runtime's fused attention, GELU and skip-LayerNorm kernels
+/// ([`crate::ort_fuse`]).
+pub fn quantize_decoder(
+    g: &Graph,
+    bits: WeightBits,
+    hessians: Option<&Hessians>,
+    opts: &BlockOptions,
+) -> Result<Graph, String> {
+    let q = quantize_weights_opts(g, bits, hessians, opts)?;
+    Ok(match bits.blocked() {
+        Some(_) => crate::ort_fuse::fuse_decoder(&q).0,
+        None => q,
+    })
+}
+
+/// [`quantize_weights_with`] with the blockwise kinds' settings.
+pub fn quantize_weights_opts(
+    g: &Graph,
+    bits: WeightBits,
+    hessians: Option<&Hessians>,
+    opts: &BlockOptions,
+) -> Result<Graph, String> {
+    if ![4, 8].contains(&opts.head_bits) {
+        return Err(format!("head bits {}: expected 4 or 8", opts.head_bits));
+    }
+    let symmetric = opts.symmetric;
     if let Some((_, block_size)) = bits.blocked() {
         if block_size < 16 || !block_size.is_power_of_two() {
             return Err(format!(
@@ -366,7 +451,7 @@ pub fn quantize_weights_with(
             }
             WeightBits::Int4 { .. } | WeightBits::Int8Ort { .. } => {
                 let (nbits, block_size) = bits.blocked().unwrap_or((4, 32));
-                let nbits = if nk_layout { 8 } else { nbits };
+                let nbits = if nk_layout { opts.head_bits } else { nbits };
                 let blocks = k_in.div_ceil(block_size);
                 let w = f32s(&src)?;
                 let data_input = g.nodes[ni].inputs[0].as_str();
@@ -381,7 +466,7 @@ pub fn quantize_weights_with(
                 let (q, scales, zps) = match comp {
                     Some(c) => {
                         let (packed, scales, zps) =
-                            nbits_rows(&w, n_out, k_in, block_size, nbits, Some(c));
+                            nbits_rows(&w, n_out, k_in, block_size, nbits, symmetric, Some(c));
                         let q = Tensor {
                             dtype: DType::U8,
                             shape: qshape,
@@ -391,9 +476,10 @@ pub fn quantize_weights_with(
                     }
                     None => {
                         // packed lazily, when written: no second copy in memory
-                        let (_, scales, zps) = nbits_rows(&w, n_out, k_in, block_size, nbits, None);
+                        let (_, scales, zps) =
+                            nbits_rows(&w, n_out, k_in, block_size, nbits, symmetric, None);
                         let q = lazy(DType::U8, qshape, src, move |w| {
-                            nbits_rows(w, n_out, k_in, block_size, nbits, None).0
+                            nbits_rows(w, n_out, k_in, block_size, nbits, symmetric, None).0
                         });
                         (q, scales, zps)
                     }
@@ -404,15 +490,20 @@ pub fn quantize_weights_with(
                 let zn = format!("{name}{tag}.zero_points");
                 initializers.push((qn.clone(), q));
                 initializers.push((sn.clone(), Tensor::from_f32(vec![n_out * blocks], &scales)));
-                let zlen = zps.len();
-                initializers.push((
-                    zn.clone(),
-                    Tensor {
-                        dtype: DType::U8,
-                        shape: vec![zlen],
-                        data: flamingo_graphs::TensorData::Bytes(std::sync::Arc::new(zps)),
-                    },
-                ));
+                let mut inputs = vec![g.nodes[ni].inputs[0].clone(), qn, sn];
+                // symmetric: no zero points, ONNX Runtime's default is the mid-code
+                if !symmetric {
+                    let zlen = zps.len();
+                    initializers.push((
+                        zn.clone(),
+                        Tensor {
+                            dtype: DType::U8,
+                            shape: vec![zlen],
+                            data: flamingo_graphs::TensorData::Bytes(std::sync::Arc::new(zps)),
+                        },
+                    ));
+                    inputs.push(zn);
+                }
                 let old = &g.nodes[ni];
                 replaced_nodes.insert(
                     ni,
@@ -420,7 +511,7 @@ pub fn quantize_weights_with(
                         name: old.name.clone(),
                         op_type: "MatMulNBits".into(),
                         domain: "com.microsoft".into(),
-                        inputs: vec![old.inputs[0].clone(), qn, sn, zn],
+                        inputs,
                         outputs: old.outputs.clone(),
                         attrs: vec![
                             ("K".into(), Attr::Int(k_in as i64)),
@@ -467,7 +558,7 @@ mod tests {
         let w: Vec<f32> = (0..n * k)
             .map(|i| ((i * 37 % 23) as f32 - 11.0) / 7.0)
             .collect();
-        let (packed, scales, zps) = nbits_rows(&w, n, k, bs, 4, None);
+        let (packed, scales, zps) = nbits_rows(&w, n, k, bs, 4, false, None);
         let blocks = k.div_ceil(bs);
         for r in 0..n {
             for kk in 0..k {

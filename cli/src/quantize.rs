@@ -5,7 +5,9 @@ use std::path::PathBuf;
 use std::io::IsTerminal;
 
 use anyhow::{bail, Result};
-use flamingo_calibration::weights::{quantize_weights_with, WeightBits};
+use flamingo_calibration::weights::{
+    quantize_decoder, quantize_weights_opts, BlockOptions, WeightBits,
+};
 use flamingo_runtime::BackendKind;
 
 #[derive(clap::Args)]
@@ -18,10 +20,18 @@ pub struct Args {
     /// Block size along K (int8-ort, int4)
     #[arg(long, default_value_t = 32)]
     block_size: usize,
+    /// int8-ort, int4: symmetric blocks (no zero points). Faster kernels and
+    /// fewer bytes, coarser; with `--block-size 128 --head-bits 4` the
+    /// fastest setting
+    #[arg(long)]
+    symmetric: bool,
+    /// int8-ort, int4: bits of the LM head, 8 or 4
+    #[arg(long, default_value_t = 8)]
+    head_bits: u32,
     /// Also quantise the vision encoder, resampler and media K/V projections (default: the decoder only)
     #[arg(long)]
     include_vision: bool,
-    /// int4 only: calibration requests (the `flamingo generate --batch` JSONL
+    /// int4, int8-ort: calibration requests (the `flamingo generate --batch` JSONL
     /// format) for GPTQ, which spreads each weight's rounding error over the
     /// weights not yet quantised, weighted by the activations on this data.
     /// Without it, weights are rounded to nearest.
@@ -55,6 +65,16 @@ pub fn run(a: Args) -> Result<()> {
         other => bail!("--weights {other}: expected int8, int8-ort or int4"),
     };
     let vision = a.include_vision;
+    let opts = BlockOptions {
+        symmetric: a.symmetric,
+        head_bits: a.head_bits,
+    };
+    if bits == WeightBits::Int8 && (a.symmetric || a.head_bits != 8) {
+        bail!("--symmetric and --head-bits apply to --weights int8-ort and int4");
+    }
+    if ![4, 8].contains(&a.head_bits) {
+        bail!("--head-bits {}: expected 4 or 8", a.head_bits);
+    }
     let hessians = match &a.data {
         None => None,
         Some(_) if bits == WeightBits::Int8 => {
@@ -77,8 +97,11 @@ pub fn run(a: Args) -> Result<()> {
         &|role, g| {
             if vision || role == "decoder" {
                 // GPTQ where observed (the decoder), rounding elsewhere
-                let h = hessians.as_ref().filter(|_| role == "decoder");
-                quantize_weights_with(g, bits, h).map(Some)
+                if role == "decoder" {
+                    quantize_decoder(g, bits, hessians.as_ref(), &opts).map(Some)
+                } else {
+                    quantize_weights_opts(g, bits, None, &opts).map(Some)
+                }
             } else {
                 Ok(None)
             }

@@ -385,6 +385,50 @@ fn quantize_int4_with_gptq_data_and_its_failures() {
     let manifest: Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(manifest["precision"], "int4-weights");
     assert_eq!(manifest["graphs"]["decoder"]["requires"], "onnxruntime");
+    // the MatMulNBits decoder runs on ONNX Runtime's fused kernels
+    let dec = std::fs::read(out.join("decoder.onnx")).unwrap();
+    let has = |b: &[u8], s: &str| b.windows(s.len()).any(|w| w == s.as_bytes());
+    for op in [
+        "MultiHeadAttention",
+        "SkipLayerNormalization",
+        "Gelu",
+        ".zero_points",
+    ] {
+        assert!(has(&dec, op), "{op}");
+    }
+    // the fastest setting: symmetric blocks carry no zero points
+    let fast = tmp.path().join("fast");
+    let (ok, _, err) = flamingo(&[
+        "quantize",
+        "--weights",
+        "int4",
+        "--block-size",
+        "128",
+        "--symmetric",
+        "--head-bits",
+        "4",
+        &m,
+        &fast.display().to_string(),
+    ]);
+    assert!(ok, "{err}");
+    let dec = std::fs::read(fast.join("decoder.onnx")).unwrap();
+    assert!(has(&dec, "MatMulNBits") && !has(&dec, ".zero_points"));
+    for bad in [
+        vec!["--weights", "int8", "--symmetric"],
+        vec!["--weights", "int4", "--head-bits", "5"],
+    ] {
+        let o = tmp.path().join("bad");
+        let mut args = vec!["quantize"];
+        args.extend(bad.iter().copied());
+        let os = o.display().to_string();
+        args.extend([m.as_str(), os.as_str()]);
+        let (ok, _, err) = flamingo(&args);
+        assert!(
+            !ok && err.contains("--") && !err.contains("panicked"),
+            "{err}"
+        );
+        assert!(!o.exists());
+    }
     // int8 has no GPTQ path: a clear error, nothing written
     let out8 = tmp.path().join("q8");
     let (ok, _, err) = flamingo(&[
