@@ -204,18 +204,20 @@ pub fn fuse_decoder(g: &Graph) -> (Graph, Fused) {
     let squeeze_axes = "ort_fuse.axes_1".to_string();
     let mut shared: HashMap<Vec<String>, String> = HashMap::new();
     let mut removed = vec![false; g.nodes.len()];
-    // a shared node computed once, placed before its first user at `at`
-    let mut shared_node =
-        |key: Vec<String>, op: &str, inputs: Vec<String>, at: usize, plan: &mut Plan| {
-            if let Some(v) = shared.get(&key) {
-                return v.clone();
-            }
-            let out = format!("ort_fuse.{}_{}", op.to_lowercase(), shared.len());
-            plan.insert
-                .push((at, node(out.clone(), op, "", inputs, vec![out.clone()])));
-            shared.insert(key, out.clone());
-            out
-        };
+    // a shared node (one per op and inputs) computed once, placed before
+    // its first user at `at`
+    let mut shared_node = |op: &str, inputs: Vec<String>, at: usize, plan: &mut Plan| {
+        let mut key = vec![op.to_string()];
+        key.extend(inputs.iter().cloned());
+        if let Some(v) = shared.get(&key) {
+            return v.clone();
+        }
+        let out = format!("ort_fuse.{}_{}", op.to_lowercase(), shared.len());
+        plan.insert
+            .push((at, node(out.clone(), op, "", inputs, vec![out.clone()])));
+        shared.insert(key, out.clone());
+        out
+    };
 
     for (ci, c) in g.nodes.iter().enumerate() {
         // ---- self-attention: Concat(past_k, split_heads(k)) -> present_k
@@ -227,12 +229,6 @@ pub fn fuse_decoder(g: &Graph) -> (Graph, Fused) {
                 continue;
             }
             let bias = shared_node(
-                vec![
-                    "self".into(),
-                    m.allowed.clone(),
-                    m.alibi.clone().unwrap_or_default(),
-                    m.fill.clone(),
-                ],
                 "Where",
                 vec![
                     m.allowed.clone(),
@@ -275,19 +271,12 @@ pub fn fuse_decoder(g: &Graph) -> (Graph, Fused) {
                 continue;
             }
             let bias = shared_node(
-                vec![
-                    "cross".into(),
-                    m.xmask.clone(),
-                    m.zero.clone(),
-                    m.fill.clone(),
-                ],
                 "Where",
                 vec![m.xmask.clone(), m.zero.clone(), m.fill.clone()],
                 m.place,
                 &mut plan,
             );
             let no_media = shared_node(
-                vec!["squeeze".into(), m.no_media.clone()],
                 "Squeeze",
                 vec![m.no_media.clone(), squeeze_axes.clone()],
                 m.place,
