@@ -84,6 +84,7 @@ pub fn convert_with(
                 .iter()
                 .any(|n| n.domain == "com.microsoft")
                 .then(|| "onnxruntime".to_string());
+            gi.kv_update = crate::ort_fuse::kv_update(&g).map(str::to_string);
         }
         let tok = input.join("tokenizer");
         if tok.is_dir() {

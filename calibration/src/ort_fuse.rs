@@ -6,22 +6,28 @@
 //!
 //! - self-attention with a KV cache (`Concat` of the past, `q·kᵀ·scale`,
 //!   optional ALiBi, the causal/padding `Where`, softmax, `·v`; equal query
-//!   and key/value heads, no rotary) → `com.microsoft.MultiHeadAttention`
-//!   with the past as `past_key`/`past_value` and one shared additive
-//!   `attention_bias` (`Where(allowed, alibi or 0, fill)`);
+//!   and key/value heads, no rotary) → `com.microsoft.GroupQueryAttention`
+//!   on the packed QKV projection (when q, k, v are split from one), with
+//!   the past as `past_key`/`past_value`, `seqlens_k = width(mask) - 1` for
+//!   every row and one shared additive `attention_bias` (`Where(allowed,
+//!   alibi or 0, fill)`); its past and present may be one buffer, updated in
+//!   place ([`kv_update`]);
 //! - the gated cross-attention over the media K/V cache → `MultiHeadAttention`
 //!   with the BNSH media keys/values and a shared bias `Where(xmask, 0,
 //!   -max)`, its rows zeroed where no media precedes the token;
 //! - exact-erf GELU (`0.5·x·(1 + erf(x/√2))`) → `com.microsoft.Gelu`;
 //! - a residual `Add` feeding a `LayerNormalization` →
 //!   `com.microsoft.SkipLayerNormalization` (the sum kept as its fourth
-//!   output where anything else reads it).
+//!   output where anything else reads it);
+//! - a constant gate (`tanh(g)`) scaling a `MatMulNBits` output → folded
+//!   into its block scales.
 //!
 //! The result equals the unfused graph to float32 round-off (tested on the
 //! fixtures). Only for decoder graphs, whose hidden states are `[B, S, D]`.
 
 use std::collections::HashMap;
 
+use flamingo_graphs::contract as io;
 use flamingo_graphs::{Attr, DType, Graph, Node, Tensor};
 
 /// What [`fuse_decoder`] rewrote.
@@ -31,11 +37,13 @@ pub struct Fused {
     pub cross_attention: usize,
     pub gelu: usize,
     pub skip_layer_norm: usize,
+    /// Constant output gates folded into `MatMulNBits` block scales.
+    pub gates: usize,
 }
 
 impl Fused {
     pub fn total(&self) -> usize {
-        self.self_attention + self.cross_attention + self.gelu + self.skip_layer_norm
+        self.self_attention + self.cross_attention + self.gelu + self.skip_layer_norm + self.gates
     }
 }
 
@@ -178,6 +186,44 @@ fn mha(name: String, inputs: Vec<String>, outputs: Vec<String>, heads: i64, scal
     n
 }
 
+/// The manifest's `kv_update` of a decoder whose every past is read by
+/// `GroupQueryAttention` alone: `in-place` (see
+/// `flamingo_export::manifest::GraphInfo::kv_update`).
+pub fn kv_update(g: &Graph) -> Option<&'static str> {
+    let mut pasts = g
+        .inputs
+        .iter()
+        .filter(|i| i.name.starts_with("past_key_values."))
+        .peekable();
+    pasts.peek()?;
+    pasts
+        .all(|p| {
+            let mut readers = g.nodes.iter().filter(|n| n.inputs.contains(&p.name));
+            readers.clone().next().is_some() && readers.all(|n| n.op_type == "GroupQueryAttention")
+        })
+        .then_some(flamingo_export::manifest::IN_PLACE)
+}
+
+/// Self-attention over the KV cache. `GroupQueryAttention` rather than
+/// `MultiHeadAttention`: it takes the packed QKV projection as it is, and
+/// its past/present may share one buffer longer than the context, updated
+/// in place ([`kv_update`]).
+fn gqa(name: String, inputs: Vec<String>, outputs: Vec<String>, heads: i64, scale: f64) -> Node {
+    let mut n = node(
+        name,
+        "GroupQueryAttention",
+        "com.microsoft",
+        inputs,
+        outputs,
+    );
+    n.attrs = vec![
+        ("num_heads".into(), Attr::Int(heads)),
+        ("kv_num_heads".into(), Attr::Int(heads)),
+        ("scale".into(), Attr::Float(scale as f32)),
+    ];
+    n
+}
+
 /// New nodes, each placed before the node at its position.
 struct Plan {
     insert: Vec<(usize, Node)>,
@@ -196,6 +242,95 @@ fn claim(removed: &mut [bool], nodes: &[usize]) -> bool {
 
 /// Applies the fusions described in the module docs.
 pub fn fuse_decoder(g: &Graph) -> (Graph, Fused) {
+    let (folded, gates) = fold_gates(g);
+    let (out, mut fused) = fuse(folded.as_ref().unwrap_or(g));
+    fused.gates = gates;
+    (out, fused)
+}
+
+/// `Mul(MatMulNBits(x), g)` with a constant gate `g` (or `Tanh(g)`), the
+/// product read alone: the gate folds into the block scales,
+/// `dequant(q, s)·g = dequant(q, s·g)`. The gated cross-attention's
+/// `tanh(attn_gate)` and `tanh(ff_gate)`.
+fn fold_gates(g: &Graph) -> (Option<Graph>, usize) {
+    let ix = Index::new(g);
+    let mut scaled: HashMap<&str, f64> = HashMap::new();
+    let mut renamed: HashMap<usize, String> = HashMap::new();
+    let mut removed = vec![false; g.nodes.len()];
+    for (i, n) in g.nodes.iter().enumerate() {
+        if n.op_type != "Mul" || !n.domain.is_empty() || n.inputs.len() != 2 {
+            continue;
+        }
+        for (x, gv) in [(&n.inputs[0], &n.inputs[1]), (&n.inputs[1], &n.inputs[0])] {
+            let Some(&mm) = ix.producer.get(x.as_str()) else {
+                continue;
+            };
+            let m = ix.node(mm);
+            let scales = m.inputs.get(2).map(|s| s.as_str()).unwrap_or("");
+            let f32_scales = ix.inits.get(scales).is_some_and(|t| t.dtype == DType::F32);
+            if m.op_type != "MatMulNBits"
+                || ix.readers(x) != 1
+                || !f32_scales
+                || ix.readers(scales) != 1
+                || renamed.contains_key(&mm)
+            {
+                continue;
+            }
+            let tanh = ix.prod(gv, "Tanh");
+            let gate = match tanh {
+                Some(t) => ix.scalar(&ix.node(t).inputs[0]).map(f64::tanh),
+                None => ix.scalar(gv),
+            };
+            let Some(gate) = gate else { continue };
+            if let Some(t) = tanh.filter(|_| ix.readers(gv) == 1) {
+                removed[t] = true;
+            }
+            removed[i] = true;
+            scaled.insert(scales, gate);
+            renamed.insert(mm, n.outputs[0].clone());
+            break;
+        }
+    }
+    if scaled.is_empty() {
+        return (None, 0);
+    }
+    let mut initializers = Vec::with_capacity(g.initializers.len());
+    for (name, t) in &g.initializers {
+        match scaled.get(name.as_str()) {
+            Some(&gate) => {
+                let Ok(v) = t.to_f32_vec() else {
+                    return (None, 0);
+                };
+                let v: Vec<f32> = v.iter().map(|s| (*s as f64 * gate) as f32).collect();
+                initializers.push((name.clone(), Tensor::from_f32(t.shape.clone(), &v)));
+            }
+            None => initializers.push((name.clone(), t.clone())),
+        }
+    }
+    let mut nodes = Vec::with_capacity(g.nodes.len());
+    for (i, n) in g.nodes.iter().enumerate() {
+        if removed[i] {
+            continue;
+        }
+        let mut n = n.clone();
+        if let Some(out) = renamed.get(&i) {
+            n.outputs[0] = out.clone();
+        }
+        nodes.push(n);
+    }
+    let count = renamed.len();
+    let out = Graph {
+        name: g.name.clone(),
+        doc: g.doc.clone(),
+        inputs: g.inputs.clone(),
+        outputs: g.outputs.clone(),
+        nodes,
+        initializers,
+    };
+    (Some(out), count)
+}
+
+fn fuse(g: &Graph) -> (Graph, Fused) {
     let ix = Index::new(g);
     let mut fused = Fused::default();
     let mut plan = Plan { insert: vec![] };
@@ -204,20 +339,29 @@ pub fn fuse_decoder(g: &Graph) -> (Graph, Fused) {
     let squeeze_axes = "ort_fuse.axes_1".to_string();
     let mut shared: HashMap<Vec<String>, String> = HashMap::new();
     let mut removed = vec![false; g.nodes.len()];
-    // a shared node (one per op and inputs) computed once, placed before
-    // its first user at `at`
-    let mut shared_node = |op: &str, inputs: Vec<String>, at: usize, plan: &mut Plan| {
-        let mut key = vec![op.to_string()];
-        key.extend(inputs.iter().cloned());
-        if let Some(v) = shared.get(&key) {
-            return v.clone();
-        }
-        let out = format!("ort_fuse.{}_{}", op.to_lowercase(), shared.len());
-        plan.insert
-            .push((at, node(out.clone(), op, "", inputs, vec![out.clone()])));
-        shared.insert(key, out.clone());
-        out
-    };
+    // GroupQueryAttention's scalar/index constants
+    let (index_0, index_1, one64) = (
+        "ort_fuse.index_0".to_string(),
+        "ort_fuse.index_1".to_string(),
+        "ort_fuse.one_i64".to_string(),
+    );
+    // a shared node (one per op, inputs and attributes) computed once,
+    // placed before its first user at `at`
+    let mut shared_node =
+        |op: &str, inputs: Vec<String>, attrs: Vec<(String, Attr)>, at: usize, plan: &mut Plan| {
+            let mut key = vec![op.to_string(), format!("{attrs:?}")];
+            key.extend(inputs.iter().cloned());
+            if let Some(v) = shared.get(&key) {
+                return v.clone();
+            }
+            let out = format!("ort_fuse.{}_{}", op.to_lowercase(), shared.len());
+            let mut n = node(out.clone(), op, "", inputs, vec![out.clone()]);
+            n.attrs = attrs;
+            plan.insert.push((at, n));
+            shared.insert(key, out.clone());
+            out
+        };
+    let int32 = || vec![("to".to_string(), Attr::Int(6))];
 
     for (ci, c) in g.nodes.iter().enumerate() {
         // ---- self-attention: Concat(past_k, split_heads(k)) -> present_k
@@ -235,22 +379,44 @@ pub fn fuse_decoder(g: &Graph) -> (Graph, Fused) {
                     m.alibi.clone().unwrap_or(zero.clone()),
                     m.fill.clone(),
                 ],
+                vec![],
                 m.place,
                 &mut plan,
             );
+            // GroupQueryAttention's lengths, from the mask's width: every
+            // row spans the whole `[0, total)` (left padding is masked by
+            // the bias), so `seqlens_k = total - 1` for each row
+            let at = m.place;
+            let mask = vec![io::ATTENTION_MASK.to_string()];
+            let mask_shape = shared_node("Shape", mask, vec![], at, &mut plan);
+            let width = vec![mask_shape.clone(), index_1.clone()];
+            let total64 = shared_node("Gather", width, vec![], at, &mut plan);
+            let total = shared_node("Cast", vec![total64.clone()], int32(), at, &mut plan);
+            let rows = vec![mask_shape, index_0.clone()];
+            let batch = shared_node("Gather", rows, vec![], at, &mut plan);
+            let last = shared_node("Sub", vec![total64, one64.clone()], vec![], at, &mut plan);
+            let lasts = shared_node("Expand", vec![last, batch], vec![], at, &mut plan);
+            let seqlens = shared_node("Cast", vec![lasts], int32(), at, &mut plan);
+            let (query, key, value) = match &m.packed {
+                Some(qkv) => (qkv.clone(), String::new(), String::new()),
+                None => (m.q, m.k, m.v),
+            };
             plan.insert.push((
                 m.place,
-                mha(
-                    format!("{}/MultiHeadAttention", c.name),
+                gqa(
+                    format!("{}/GroupQueryAttention", c.name),
                     vec![
-                        m.q,
-                        m.k,
-                        m.v,
+                        query,
+                        key,
+                        value,
+                        m.past_k,
+                        m.past_v,
+                        seqlens,
+                        total,
+                        String::new(),
                         String::new(),
                         String::new(),
                         bias,
-                        m.past_k,
-                        m.past_v,
                     ],
                     vec![m.out, m.present_k, m.present_v],
                     m.heads,
@@ -273,12 +439,14 @@ pub fn fuse_decoder(g: &Graph) -> (Graph, Fused) {
             let bias = shared_node(
                 "Where",
                 vec![m.xmask.clone(), m.zero.clone(), m.fill.clone()],
+                vec![],
                 m.place,
                 &mut plan,
             );
             let no_media = shared_node(
                 "Squeeze",
                 vec![m.no_media.clone(), squeeze_axes.clone()],
+                vec![],
                 m.place,
                 &mut plan,
             );
@@ -382,6 +550,9 @@ pub fn fuse_decoder(g: &Graph) -> (Graph, Fused) {
     }
     extra_inits.push((zero, Tensor::from_f32(vec![], &[0.0])));
     extra_inits.push((squeeze_axes, Tensor::from_i64(vec![1], &[1])));
+    extra_inits.push((index_0, Tensor::from_i64(vec![1], &[0])));
+    extra_inits.push((index_1, Tensor::from_i64(vec![], &[1])));
+    extra_inits.push((one64, Tensor::from_i64(vec![], &[1])));
     let mut at: HashMap<usize, Vec<Node>> = HashMap::new();
     for (i, n) in plan.insert {
         at.entry(i).or_default().push(n);
@@ -411,6 +582,8 @@ pub fn fuse_decoder(g: &Graph) -> (Graph, Fused) {
 struct SelfAttn {
     nodes: Vec<usize>,
     place: usize,
+    /// The `[B, S, 3·D]` projection q, k and v are split from, when they are.
+    packed: Option<String>,
     q: String,
     k: String,
     v: String,
@@ -473,9 +646,34 @@ fn match_self_attention(ix: &Index, ck: usize) -> Option<SelfAttn> {
     for &(i, _) in &[(tk, 0), (rk, 0), (tq, 0), (rq, 0), (tv, 0), (rv, 0)] {
         (ix.readers(&ix.node(i).outputs[0]) == 1).then_some(())?;
     }
+    // q, k, v as the three equal parts of one projection along the hidden
+    // axis: GroupQueryAttention reads that projection packed
+    let packed = (|| {
+        let sp = ix.prod(q, "Split")?;
+        let n = ix.node(sp);
+        (n.outputs.len() == 3 && n.outputs[0] == q && n.outputs[1] == k && n.outputs[2] == v)
+            .then_some(())?;
+        let axis = n.attrs.iter().find_map(|(a, v)| match v {
+            Attr::Int(x) if a == "axis" => Some(*x),
+            _ => None,
+        });
+        matches!(axis, Some(-1) | Some(2)).then_some(())?;
+        if let Some(sizes) = n.inputs.get(1).filter(|s| !s.is_empty()) {
+            let s = ix.consts(sizes)?;
+            (s.len() == 3 && s[0] == s[1] && s[1] == s[2]).then_some(())?;
+        }
+        n.outputs
+            .iter()
+            .all(|o| ix.readers(o) == 1)
+            .then(|| (n.inputs[0].clone(), sp))
+    })();
+    if let Some((_, sp)) = &packed {
+        nodes.push(*sp);
+    }
     let place = *nodes.iter().max()?;
     Some(SelfAttn {
         place,
+        packed: packed.map(|(x, _)| x),
         q: q.into(),
         k: k.into(),
         v: v.into(),

@@ -198,6 +198,7 @@ fn decode_run(
     let mut curve = Vec::new();
     for it in 0..a.warmup + a.iters.max(1) {
         let mut cache = model.empty_cache(b);
+        cache.reserve(n + a.new_tokens);
         let s = Instant::now();
         let mut logits = model.decode(&prefill, kvb, &mut cache)?;
         let pf = s.elapsed().as_secs_f64() * 1e3;

@@ -150,6 +150,9 @@ pub struct SpecialTokens {
     pub bos: Option<u32>,
 }
 
+/// [`GraphInfo::kv_update`] of a decoder that updates its KV buffers in place.
+pub const IN_PLACE: &str = "in-place";
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct GraphInfo {
     pub file: String,
@@ -157,6 +160,16 @@ pub struct GraphInfo {
     /// (`onnxruntime` for `com.microsoft` ops such as `MatMulNBits`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub requires: Option<String>,
+    /// The decoder's KV cache update, when it is not the plain `present =
+    /// concat(past, new)`. `in-place` (ONNX Runtime's `GroupQueryAttention`):
+    /// `past_key_values.*` may be buffers longer than the past, whose first
+    /// `total_seq - seq` positions are the past (`total_seq` is the
+    /// `attention_mask` width); `present.*` then have the buffers' length,
+    /// this step's K/V written at `[total_seq - seq, total_seq)`, so binding
+    /// each present to its past buffer updates the cache in place. Several
+    /// new tokens over a non-empty past need batch 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kv_update: Option<String>,
     pub data_file: Option<String>,
     pub inputs: Vec<TensorInfo>,
     pub outputs: Vec<TensorInfo>,

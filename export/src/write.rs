@@ -459,6 +459,7 @@ pub fn write_spec(spec: &Spec, dir: &Path, progress: &mut dyn Progress) -> Resul
             GraphInfo {
                 file,
                 requires: None,
+                kv_update: None,
                 data_file: written
                     .data
                     .as_ref()

@@ -59,8 +59,9 @@ pub trait ResidentValue: Send + Sync + std::any::Any {
     fn as_any(&self) -> &dyn std::any::Any;
 }
 
-/// A shared handle to a [`ResidentValue`] (cloning shares it; runs never
-/// write their inputs).
+/// A shared handle to a [`ResidentValue`] (cloning shares it). Runs never
+/// write their inputs, but for [`Session::run_io_into`]'s in-place outputs,
+/// which the KV cache only asks for on buffers it holds alone.
 #[derive(Clone)]
 pub struct Resident(pub std::sync::Arc<dyn ResidentValue>);
 
@@ -152,6 +153,33 @@ pub trait Session: Send {
             }
         }
         Ok((rest, resident))
+    }
+
+    /// [`Self::run_io`] with the outputs named in `into` written into those
+    /// resident values in place (bound as the outputs; not returned): a KV
+    /// buffer read as the past and written as the present. Only where
+    /// [`Self::updates_in_place`].
+    fn run_io_into(
+        &mut self,
+        inputs: Vec<(&str, Input<'_>)>,
+        keep: &dyn Fn(&str) -> bool,
+        into: &[(&str, &Resident)],
+    ) -> Result<IoOutputs> {
+        let _ = (inputs, keep, into);
+        Err(Error::Input(format!(
+            "{} cannot write outputs in place",
+            self.provider()
+        )))
+    }
+
+    /// A resident copy of `v` that [`Self::run_io_into`] may write.
+    fn buffer(&self, v: &Value) -> Result<Resident> {
+        self.upload(v)
+    }
+
+    /// Whether [`Self::run_io_into`] works.
+    fn updates_in_place(&self) -> bool {
+        false
     }
 
     /// Hands a host value to the backend once (e.g. the media K/V, read by

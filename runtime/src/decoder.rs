@@ -8,6 +8,7 @@ use ndarray::{Array2, ArrayD, Axis, IxDyn};
 use crate::backend::{Input, Resident, Value, ValueRef};
 use crate::model::Model;
 use crate::{Error, Result};
+use flamingo_export::manifest::IN_PLACE;
 
 /// Cross-attention K/V of every gated layer, by graph input name.
 #[derive(Clone, Debug, Default)]
@@ -40,10 +41,17 @@ impl MediaKv {
 /// The self-attention cache: per layer `(key, value)` `[batch, kv_heads, len,
 /// head_dim]`, on the host (`layers`) or, between the steps of a backend that
 /// binds its I/O, held by the backend (device memory under the GPU providers).
+///
+/// Decoders whose manifest says `kv_update: in-place` keep it, under ONNX
+/// Runtime on the CPU, in buffers longer than the cache that each step
+/// writes in place (no per-step copy of the past); `filled` counts the
+/// positions in use.
 #[derive(Clone, Debug)]
 pub struct KvCache {
     pub layers: Vec<(ArrayD<f32>, ArrayD<f32>)>,
     resident: Vec<(Resident, Resident)>,
+    filled: Option<usize>,
+    reserve: usize,
 }
 
 impl KvCache {
@@ -52,10 +60,25 @@ impl KvCache {
         KvCache {
             layers,
             resident: Vec::new(),
+            filled: None,
+            reserve: 0,
         }
+    }
+    /// Sizes in-place buffers for `positions` (prompt + new tokens), so they
+    /// need not grow (they do, by doubling, if a step goes past it).
+    pub fn reserve(&mut self, positions: usize) {
+        self.reserve = positions;
+    }
+    /// The positions in-place buffers hold (`None`: a plain cache).
+    pub fn capacity(&self) -> Option<usize> {
+        self.filled?;
+        self.resident.first().map(|(k, _)| k.shape()[2])
     }
     /// Cached sequence length.
     pub fn len(&self) -> usize {
+        if let (Some(n), false) = (self.filled, self.resident.is_empty()) {
+            return n;
+        }
         match self.resident.first() {
             Some((k, _)) => k.shape()[2],
             None => self.layers.first().map(|(k, _)| k.shape()[2]).unwrap_or(0),
@@ -73,19 +96,30 @@ impl KvCache {
         if self.resident.is_empty() {
             return Ok(());
         }
+        let filled = self.len();
+        let host = |r: &Resident| -> Result<ArrayD<f32>> {
+            let a = r.to_host()?.into_f32("present")?;
+            Ok(match a.shape()[2] > filled {
+                true => a.slice_axis(Axis(2), (0..filled).into()).to_owned(),
+                false => a,
+            })
+        };
         let mut layers = Vec::with_capacity(self.resident.len());
         for (k, v) in &self.resident {
-            layers.push((
-                k.to_host()?.into_f32("present")?,
-                v.to_host()?.into_f32("present")?,
-            ));
+            layers.push((host(k)?, host(v)?));
         }
         self.layers = layers;
         self.resident.clear();
+        self.filled = None;
         Ok(())
     }
     /// Keeps the first `len` positions (rewind).
     pub fn truncate(&mut self, len: usize) -> Result<()> {
+        if let (Some(n), false) = (self.filled, self.resident.is_empty()) {
+            // in-place buffers: the next step overwrites the rest
+            self.filled = Some(n.min(len));
+            return Ok(());
+        }
         self.to_host()?;
         for (k, v) in &mut self.layers {
             let n = len.min(k.shape()[2]);
@@ -98,12 +132,14 @@ impl KvCache {
     pub fn select(&self, idx: &[usize]) -> Result<KvCache> {
         let mut host = self.clone();
         host.to_host()?;
-        Ok(KvCache::new(
+        let mut c = KvCache::new(
             host.layers
                 .iter()
                 .map(|(k, v)| (k.select(Axis(0), idx), v.select(Axis(0), idx)))
                 .collect(),
-        ))
+        );
+        c.reserve = self.reserve;
+        Ok(c)
     }
 }
 
@@ -206,6 +242,19 @@ impl Model {
             }
             let _ = media.resident.set(up);
         }
+        let in_place_graph = self
+            .manifest
+            .graphs
+            .get("decoder")
+            .and_then(|g| g.kv_update.as_deref())
+            == Some(IN_PLACE);
+        if in_place_graph && b > 1 && s > 1 && !cache.is_empty() {
+            return Err(Error::Input(format!(
+                "this decoder (ONNX Runtime's GroupQueryAttention) takes several new tokens \
+                 over a non-empty cache for one row at a time, not {b}"
+            )));
+        }
+        let in_place = in_place_graph && bind && self.updates_in_place("decoder");
         let keep = ArrayD::from_elem(IxDyn(&[1]), step.keep.clamp(1, s) as i64);
         let past_names: Vec<(String, String)> = (0..d.num_layers)
             .map(|i| (io::past_key(i), io::past_value(i)))
@@ -233,6 +282,9 @@ impl Model {
                 io::POSITION_IDS,
                 Input::Host(ValueRef::I64(step.position_ids.view().into_dyn())),
             ));
+        }
+        if in_place {
+            self.ensure_buffers(cache, b, total)?;
         }
         if cache.resident.len() == d.num_layers {
             for ((kn, vn), (k, v)) in past_names.iter().zip(&cache.resident) {
@@ -264,6 +316,23 @@ impl Model {
                 }
             }
         }
+        if in_place {
+            let names: Vec<(String, String)> = (0..d.num_layers)
+                .map(|i| (io::present_key(i), io::present_value(i)))
+                .collect();
+            let buffers = cache.resident.clone();
+            let mut into: Vec<(&str, &Resident)> = Vec::with_capacity(2 * d.num_layers);
+            for ((kn, vn), (k, v)) in names.iter().zip(&buffers) {
+                into.push((kn, k));
+                into.push((vn, v));
+            }
+            let (mut out, _) = self.run_graph_io_into("decoder", inputs, &into)?;
+            cache.filled = Some(total);
+            return out
+                .remove(io::LOGITS)
+                .ok_or_else(|| Error::Input("decoder did not return logits".into()))?
+                .into_f32(io::LOGITS);
+        }
         let present = |n: &str| bind && n.starts_with("present.");
         let (mut out, mut kept) = self.run_graph_io("decoder", inputs, &present)?;
         let missing = |i: usize| Error::Input(format!("decoder did not return present.{i}"));
@@ -293,6 +362,63 @@ impl Model {
         out.remove(io::LOGITS)
             .ok_or_else(|| Error::Input("decoder did not return logits".into()))?
             .into_f32(io::LOGITS)
+    }
+}
+
+impl Model {
+    /// Makes `cache` in-place buffers of `batch` rows holding at least
+    /// `total` positions: kept when they do, else (re)allocated at the
+    /// reserved size (or double) with the cache copied in.
+    fn ensure_buffers(&mut self, cache: &mut KvCache, batch: usize, total: usize) -> Result<()> {
+        let d = &self.manifest.model.decoder;
+        // written in place only while this cache holds them alone (a
+        // clone of the cache shares them: copy on write)
+        let alone = cache.resident.iter().all(|(k, v)| {
+            std::sync::Arc::strong_count(&k.0) == 1 && std::sync::Arc::strong_count(&v.0) == 1
+        });
+        if let (Some(_), Some((k, _)), true) = (cache.filled, cache.resident.first(), alone) {
+            if k.shape()[0] == batch && k.shape()[2] >= total {
+                return Ok(());
+            }
+        }
+        let grown = cache
+            .resident
+            .first()
+            .filter(|_| cache.filled.is_some())
+            .map_or(0, |(k, _)| 2 * k.shape()[2]);
+        let cap = total.max(cache.reserve).max(grown).next_multiple_of(8);
+        let past = cache.len();
+        cache.to_host()?;
+        let (kv_heads, head_dim, layers) = (d.kv_heads, d.head_dim, d.num_layers);
+        if cache.layers.len() != layers {
+            return Err(Error::Input(format!(
+                "the KV cache has {} layers, the decoder {layers}",
+                cache.layers.len()
+            )));
+        }
+        let mut buffers = Vec::with_capacity(layers);
+        for (k, v) in std::mem::take(&mut cache.layers) {
+            let mut pair = Vec::with_capacity(2);
+            for a in [k, v] {
+                if a.shape() != [batch, kv_heads, past, head_dim] {
+                    return Err(Error::Input(format!(
+                        "a cached K/V is {:?}, expected [{batch}, {kv_heads}, {past}, {head_dim}]",
+                        a.shape()
+                    )));
+                }
+                let mut buf = ArrayD::<f32>::zeros(IxDyn(&[batch, kv_heads, cap, head_dim]));
+                buf.slice_axis_mut(Axis(2), (0..past).into()).assign(&a);
+                pair.push(self.buffer("decoder", &Value::F32(buf))?);
+            }
+            let v = pair.pop();
+            match (pair.pop(), v) {
+                (Some(k), Some(v)) => buffers.push((k, v)),
+                _ => return Err(Error::Input("KV buffer allocation failed".into())),
+            }
+        }
+        cache.resident = buffers;
+        cache.filled = Some(past);
+        Ok(())
     }
 }
 

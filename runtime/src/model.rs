@@ -151,6 +151,31 @@ impl Model {
         self.session(role).map(|s| s.binds_io()).unwrap_or(false)
     }
 
+    pub(crate) fn updates_in_place(&mut self, role: &str) -> bool {
+        self.session(role)
+            .map(|s| s.updates_in_place())
+            .unwrap_or(false)
+    }
+
+    /// [`Self::run_graph_io`], the outputs in `into` written in place.
+    pub(crate) fn run_graph_io_into(
+        &mut self,
+        role: &str,
+        inputs: Vec<(&str, crate::backend::Input<'_>)>,
+        into: &[(&str, &crate::backend::Resident)],
+    ) -> Result<crate::backend::IoOutputs> {
+        let out = self.session(role)?.run_io_into(inputs, &|_| false, into)?;
+        if let Some(obs) = self.observer.as_mut() {
+            obs(role, &out.0);
+        }
+        Ok(out)
+    }
+
+    /// A copy of `v` the backend running `role` may write in place.
+    pub(crate) fn buffer(&mut self, role: &str, v: &Value) -> Result<crate::backend::Resident> {
+        self.session(role)?.buffer(v)
+    }
+
     /// Hands `v` to the backend running `role`, once.
     pub(crate) fn upload(&mut self, role: &str, v: &Value) -> Result<crate::backend::Resident> {
         self.session(role)?.upload(v)

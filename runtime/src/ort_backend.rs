@@ -240,9 +240,24 @@ struct OrtCpuSession {
 }
 
 /// An ONNX Runtime tensor kept between runs (device memory under CUDA).
+/// Locked while a run binds it: an in-place output needs it mutably.
 struct OrtResident {
-    value: ort::value::DynTensor,
+    value: std::sync::Mutex<ort::value::DynTensor>,
     shape: Vec<usize>,
+}
+
+impl OrtResident {
+    fn new(value: ort::value::DynTensor, shape: Vec<usize>) -> OrtResident {
+        OrtResident {
+            value: std::sync::Mutex::new(value),
+            shape,
+        }
+    }
+    fn lock(&self) -> Result<std::sync::MutexGuard<'_, ort::value::DynTensor>> {
+        self.value
+            .lock()
+            .map_err(|_| err("ort", "a resident tensor's lock was poisoned"))
+    }
 }
 
 impl crate::backend::ResidentValue for OrtResident {
@@ -251,13 +266,11 @@ impl crate::backend::ResidentValue for OrtResident {
     }
     fn to_host(&self) -> Result<Value> {
         let e = |e: ort::Error| err("ort", e);
-        if self.value.memory_info().is_cpu_accessible() {
-            return host_value(&self.value).map_err(e)?;
+        let value = self.lock()?;
+        if value.memory_info().is_cpu_accessible() {
+            return host_value(&*value).map_err(e)?;
         }
-        let host = self
-            .value
-            .to(ort::memory::AllocationDevice::CPU, 0)
-            .map_err(e)?;
+        let host = value.to(ort::memory::AllocationDevice::CPU, 0).map_err(e)?;
         host_value(&host).map_err(e)?
     }
     fn as_any(&self) -> &dyn std::any::Any {
@@ -293,6 +306,80 @@ impl OrtCpuSession {
             .map(|o| o.name().to_string())
             .collect()
     }
+
+    /// [`Session::run_io`], the outputs in `into` written into those
+    /// resident tensors (bound as the outputs, not returned).
+    fn bind_and_run(
+        &mut self,
+        inputs: Vec<(&str, crate::backend::Input<'_>)>,
+        keep: &dyn Fn(&str) -> bool,
+        into: &[(&str, &crate::backend::Resident)],
+    ) -> Result<crate::backend::IoOutputs> {
+        use crate::backend::{Input, Resident};
+        use ort::memory::{AllocationDevice, AllocatorType, MemoryInfo, MemoryType};
+        let e = |e: ort::Error| err("ort", e);
+        let mut binding = self.session.create_binding().map_err(e)?;
+        for (name, i) in &inputs {
+            match i {
+                Input::Host(ValueRef::F32(a)) => binding.bind_input(*name, &owned(a).map_err(e)?),
+                Input::Host(ValueRef::I64(a)) => binding.bind_input(*name, &owned(a).map_err(e)?),
+                Input::Resident(r) => {
+                    let value = resident(name, r)?.lock()?;
+                    binding.bind_input(*name, &*value)
+                }
+            }
+            .map_err(e)?;
+        }
+        for (name, r) in into {
+            let mut value = resident(name, r)?.lock()?;
+            binding.bind_output(*name, value.view_mut()).map_err(e)?;
+        }
+        let (dev, id) = &self.device;
+        let on_device =
+            MemoryInfo::new(dev.clone(), *id, AllocatorType::Device, MemoryType::Default)
+                .map_err(e)?;
+        let on_host = MemoryInfo::new(
+            AllocationDevice::CPU,
+            0,
+            AllocatorType::Device,
+            MemoryType::Default,
+        )
+        .map_err(e)?;
+        let names: Vec<String> = self
+            .output_names()
+            .into_iter()
+            .filter(|n| !into.iter().any(|(i, _)| i == n))
+            .collect();
+        for n in &names {
+            let at = if keep(n) { &on_device } else { &on_host };
+            binding.bind_output_to_device(n.as_str(), at).map_err(e)?;
+        }
+        let mut outs = self.session.run_binding(&binding).map_err(e)?;
+        let (mut host, mut kept) = (HashMap::new(), HashMap::new());
+        for n in names {
+            let v = outs
+                .remove(n.as_str())
+                .ok_or_else(|| err("ort", format!("no output `{n}`")))?;
+            if keep(&n) {
+                let value = v.downcast::<ort::value::DynTensorValueType>().map_err(e)?;
+                let shape = value.shape().iter().map(|&d| d.max(0) as usize).collect();
+                kept.insert(
+                    n,
+                    Resident(std::sync::Arc::new(OrtResident::new(value, shape))),
+                );
+            } else {
+                host.insert(n, host_value(&v).map_err(e)??);
+            }
+        }
+        Ok((host, kept))
+    }
+}
+
+/// The ONNX Runtime tensor behind a resident value.
+fn resident<'r>(name: &str, r: &'r crate::backend::Resident) -> Result<&'r OrtResident> {
+    r.0.as_any()
+        .downcast_ref::<OrtResident>()
+        .ok_or_else(|| Error::Input(format!("`{name}` is held by another backend")))
 }
 
 impl Session for OrtCpuSession {
@@ -343,57 +430,22 @@ impl Session for OrtCpuSession {
         inputs: Vec<(&str, crate::backend::Input<'_>)>,
         keep: &dyn Fn(&str) -> bool,
     ) -> Result<crate::backend::IoOutputs> {
-        use crate::backend::{Input, Resident};
-        use ort::memory::{AllocationDevice, AllocatorType, MemoryInfo, MemoryType};
-        let e = |e: ort::Error| err("ort", e);
-        let mut binding = self.session.create_binding().map_err(e)?;
-        for (name, i) in &inputs {
-            match i {
-                Input::Host(ValueRef::F32(a)) => binding.bind_input(*name, &owned(a).map_err(e)?),
-                Input::Host(ValueRef::I64(a)) => binding.bind_input(*name, &owned(a).map_err(e)?),
-                Input::Resident(r) => {
-                    let Some(v) = r.0.as_any().downcast_ref::<OrtResident>() else {
-                        return Err(Error::Input(format!("`{name}` is held by another backend")));
-                    };
-                    binding.bind_input(*name, &v.value)
-                }
-            }
-            .map_err(e)?;
-        }
-        let (dev, id) = &self.device;
-        let on_device =
-            MemoryInfo::new(dev.clone(), *id, AllocatorType::Device, MemoryType::Default)
-                .map_err(e)?;
-        let on_host = MemoryInfo::new(
-            AllocationDevice::CPU,
-            0,
-            AllocatorType::Device,
-            MemoryType::Default,
-        )
-        .map_err(e)?;
-        let names = self.output_names();
-        for n in &names {
-            let at = if keep(n) { &on_device } else { &on_host };
-            binding.bind_output_to_device(n.as_str(), at).map_err(e)?;
-        }
-        let mut outs = self.session.run_binding(&binding).map_err(e)?;
-        let (mut host, mut resident) = (HashMap::new(), HashMap::new());
-        for n in names {
-            let v = outs
-                .remove(n.as_str())
-                .ok_or_else(|| err("ort", format!("no output `{n}`")))?;
-            if keep(&n) {
-                let value = v.downcast::<ort::value::DynTensorValueType>().map_err(e)?;
-                let shape = value.shape().iter().map(|&d| d.max(0) as usize).collect();
-                resident.insert(
-                    n,
-                    Resident(std::sync::Arc::new(OrtResident { value, shape })),
-                );
-            } else {
-                host.insert(n, host_value(&v).map_err(e)??);
-            }
-        }
-        Ok((host, resident))
+        self.bind_and_run(inputs, keep, &[])
+    }
+
+    fn run_io_into(
+        &mut self,
+        inputs: Vec<(&str, crate::backend::Input<'_>)>,
+        keep: &dyn Fn(&str) -> bool,
+        into: &[(&str, &crate::backend::Resident)],
+    ) -> Result<crate::backend::IoOutputs> {
+        self.bind_and_run(inputs, keep, into)
+    }
+
+    /// On the CPU provider, where a buffer bound as both a kernel's input
+    /// and its output is the same memory to the kernel.
+    fn updates_in_place(&self) -> bool {
+        self.device.0 == ort::memory::AllocationDevice::CPU
     }
 
     fn upload(&self, v: &Value) -> Result<crate::backend::Resident> {
@@ -409,13 +461,33 @@ impl Session for OrtCpuSession {
         } else {
             value.to(dev.clone(), *id).map_err(e)?
         };
-        Ok(crate::backend::Resident(std::sync::Arc::new(OrtResident {
-            value,
-            shape: v.shape().to_vec(),
-        })))
+        Ok(crate::backend::Resident(std::sync::Arc::new(
+            OrtResident::new(value, v.shape().to_vec()),
+        )))
     }
 
     fn binds_io(&self) -> bool {
         true
+    }
+
+    /// A tensor ONNX Runtime allocated (outputs can only be bound to those).
+    fn buffer(&self, v: &Value) -> Result<crate::backend::Resident> {
+        let e = |e: ort::Error| err("ort", e);
+        let Value::F32(a) = v else {
+            return self.upload(v);
+        };
+        if !self.updates_in_place() {
+            return self.upload(v);
+        }
+        let shape: Vec<i64> = a.shape().iter().map(|&d| d as i64).collect();
+        let mut t = Tensor::<f32>::new(self.session.allocator(), shape).map_err(e)?;
+        let (_, data) = t.extract_tensor_mut();
+        match a.as_slice() {
+            Some(src) => data.copy_from_slice(src),
+            None => data.iter_mut().zip(a.iter()).for_each(|(d, s)| *d = *s),
+        }
+        Ok(crate::backend::Resident(std::sync::Arc::new(
+            OrtResident::new(t.upcast(), a.shape().to_vec()),
+        )))
     }
 }

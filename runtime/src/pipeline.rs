@@ -424,6 +424,8 @@ impl Pipeline {
             .map(|r| r.iter().map(|&t| t as u32).collect())
             .collect();
         let mut cache = self.model.empty_cache(b);
+        let most_new = preps.iter().map(|p| p.opts.max_new_tokens).max();
+        cache.reserve(step.input_ids.ncols() + most_new.unwrap_or(0));
         let mut logits = self.model.decode(&step, &kv, &mut cache)?;
         let mut rngs: Vec<Rng> = preps.iter().map(|p| Rng::new(p.opts.seed)).collect();
         let mut generated: Vec<Vec<u32>> = vec![Vec::new(); b];
@@ -521,6 +523,7 @@ impl Pipeline {
         let pos: Vec<i64> = (0..s as i64).collect();
         let rep = |v: &[i64]| Array2::from_shape_fn((k, v.len()), |(_, j)| v[j]);
         let mut cache = self.model.empty_cache(k);
+        cache.reserve(max_len);
         let mut logits = self.model.decode(
             &Step {
                 input_ids: rep(&row),

@@ -486,6 +486,212 @@ fn ort_fusions_equal_the_unfused_decoder() -> Result<()> {
     Ok(())
 }
 
+/// The gated cross-attention's constant output gates (`tanh(attn_gate)`,
+/// `tanh(ff_gate)`) fold into the int4 block scales of `to_out` and the
+/// feed-forward's last projection: the fused quantised decoder equals the
+/// unfused one (both with float32 compute, `accuracy_level` 0, so that no
+/// activation quantisation hides a difference).
+#[test]
+fn output_gates_fold_into_the_int4_block_scales() -> Result<()> {
+    use flamingo_calibration::weights::{
+        quantize_decoder, quantize_weights_opts, BlockOptions, WeightBits,
+    };
+    use flamingo_graphs::{Attr, Graph};
+    use flamingo_runtime::BackendKind;
+    let bits = WeightBits::Int4 { block_size: 32 };
+    let opts = BlockOptions::default();
+    fn float_compute(mut g: Graph) -> Graph {
+        for n in g.nodes.iter_mut().filter(|n| n.op_type == "MatMulNBits") {
+            for (k, a) in n.attrs.iter_mut() {
+                if k == "accuracy_level" {
+                    *a = Attr::Int(0);
+                }
+            }
+        }
+        g
+    }
+    for fx in ["tiny-mpt", "tiny-neox"] {
+        let m = flamingo_export::Manifest::load(&exported(fx)?)?;
+        let gated = m.model.decoder.gated_layers.len();
+        let unfused = converted(fx, "int4-unfused-f32-compute", &move |role, g| {
+            (role == "decoder")
+                .then(|| quantize_weights_opts(g, bits, None, &opts).map(float_compute))
+                .transpose()
+        })?;
+        let fused = converted(fx, "int4-fused-f32-compute", &move |role, g| {
+            if role != "decoder" {
+                return Ok(None);
+            }
+            let q = quantize_weights_opts(g, bits, None, &opts)?;
+            let (_, n) = flamingo_calibration::ort_fuse::fuse_decoder(&q);
+            if n.gates != 2 * gated {
+                return Err(format!("{} gates folded, {} expected", n.gates, 2 * gated));
+            }
+            quantize_decoder(g, bits, None, &opts).map(|g| Some(float_compute(g)))
+        })?;
+        let (mut a, mut b) = (
+            Model::load(&unfused, BackendKind::OrtCpu)?,
+            Model::load(&fused, BackendKind::OrtCpu)?,
+        );
+        for ((name, la), (_, lb)) in case_logits(&mut a, fx)?
+            .iter()
+            .zip(case_logits(&mut b, fx)?)
+        {
+            let d = max_abs_diff(la, &lb)?;
+            let scale = la.iter().fold(0f32, |m, v| m.max(v.abs()));
+            eprintln!("gates folded {fx} {name}: max abs diff {d:.2e} of {scale:.2}");
+            assert!(d <= 1e-4 * scale.max(1.0), "{fx} {name}: {d}");
+        }
+    }
+    Ok(())
+}
+
+/// `[from, to)` of a one-row prompt as a decoder call keeping `keep` logits.
+fn span(ids: &[i64], mt: &[i64], from: usize, to: usize, keep: usize) -> Result<Step> {
+    let row = |v: &[i64]| Array2::from_shape_vec((1, v.len()), v.to_vec());
+    Ok(Step {
+        input_ids: row(&ids[from..to])?,
+        attention_mask: Array2::ones((1, to)),
+        position_ids: row(&(from as i64..to as i64).collect::<Vec<_>>())?,
+        media_time: row(&mt[from..to])?,
+        keep,
+    })
+}
+
+/// The fused ALiBi decoder keeps its KV cache in buffers that each step
+/// writes in place (`kv_update: in-place`, ONNX Runtime on the CPU): a prompt
+/// in two chunks, steps past the reserved size (the buffers grow), a clone
+/// of the cache decoding apart from the original (copy on write), a rewind,
+/// the host read-back and beam search all equal the unfused decoder's plain
+/// cache; several tokens over a cache in a batch are a clear error.
+#[test]
+fn in_place_kv_buffers_decode_like_the_plain_cache() -> Result<()> {
+    use flamingo_runtime::BackendKind;
+    let fx = "tiny-mpt";
+    let fused = converted(fx, "ort-fused-in-place", &|role, g| {
+        Ok((role == "decoder").then(|| flamingo_calibration::ort_fuse::fuse_decoder(g).0))
+    })?;
+    let m = flamingo_export::Manifest::load(&fused)?;
+    assert_eq!(m.graph("decoder")?.kv_update.as_deref(), Some("in-place"));
+    let plain = flamingo_export::Manifest::load(&exported(fx)?)?;
+    assert_eq!(plain.graph("decoder")?.kv_update, None);
+    let case = cases(fx)?["cases"]
+        .as_array()
+        .context("cases")?
+        .iter()
+        .find(|c| c["greedy"]["output_ids"].is_array() && c.get("images").is_some())
+        .cloned()
+        .context("a case with images and a greedy continuation")?;
+    // the prompt and its greedy continuation
+    let ids: Vec<i64> = case["greedy"]["output_ids"]
+        .as_array()
+        .context("ids")?
+        .iter()
+        .filter_map(|v| v.as_i64())
+        .collect();
+    let media: Vec<Media> = indices(&case["images"])
+        .iter()
+        .map(|i| Media::Image(fixture(fx).join(format!("images/img{i}.png"))))
+        .collect();
+    let (n, mt) = (ids.len(), media_time(&ids, 401));
+    assert!(n > 8, "{n} tokens");
+    let run = |dir: &Result<std::path::PathBuf>,
+               in_place: bool|
+     -> Result<Vec<(String, ndarray::ArrayD<f32>)>> {
+        let dir = dir.as_ref().map_err(|e| anyhow::anyhow!("{e}"))?;
+        let mut model = Model::load(dir, BackendKind::OrtCpu)?;
+        let enc = model.encode(&media)?;
+        let kv = model.media_kv(enc.latents)?;
+        let mut out = Vec::new();
+        let mut cache = model.empty_cache(1);
+        cache.reserve(4);
+        let h = n / 2;
+        out.push((
+            "chunk 1".into(),
+            model.decode(&span(&ids, &mt, 0, h, h)?, &kv, &mut cache)?,
+        ));
+        let first = cache.capacity();
+        let c2 = span(&ids, &mt, h, n - 3, n - 3 - h)?;
+        out.push(("chunk 2".into(), model.decode(&c2, &kv, &mut cache)?));
+        assert!(cache.is_resident());
+        let one = |t: usize| span(&ids, &mt, t, t + 1, 1);
+        out.push(("step".into(), model.decode(&one(n - 3)?, &kv, &mut cache)?));
+        // a clone takes another token at the same position: the original
+        // must not see it
+        let mut twin = cache.clone();
+        out.push(("next".into(), model.decode(&one(n - 2)?, &kv, &mut cache)?));
+        let mut other = one(n - 2)?;
+        other.input_ids[[0, 0]] = ids[1];
+        model.decode(&other, &kv, &mut twin)?;
+        out.push(("last".into(), model.decode(&one(n - 1)?, &kv, &mut cache)?));
+        cache.truncate(n - 1)?;
+        out.push((
+            "last, rewound".into(),
+            model.decode(&one(n - 1)?, &kv, &mut cache)?,
+        ));
+        assert_eq!((cache.len(), twin.len()), (n, n - 1));
+        // the buffers grew past the reserve (in steps of 8 positions), or none
+        match (in_place, first, cache.capacity()) {
+            (true, Some(a), Some(b)) => assert!(a == h.next_multiple_of(8) && b >= n && b > a),
+            (false, None, None) => {}
+            other => panic!("in place, capacities: {other:?}"),
+        }
+        cache.to_host()?;
+        assert_eq!(cache.layers[0].0.shape()[2], n);
+        out.push(("host keys".into(), cache.layers[0].0.clone()));
+        Ok(out)
+    };
+    let (a, b) = (run(&exported(fx), false)?, run(&Ok(fused.clone()), true)?);
+    for ((name, x), (_, y)) in a.iter().zip(&b) {
+        let d = max_abs_diff(x, y)?;
+        let scale = x.iter().fold(0f32, |m, v| m.max(v.abs()));
+        eprintln!("in-place {name}: max abs diff {d:.2e} of {scale:.2}");
+        assert!(d <= 1e-4 * scale.max(1.0), "{name}: {d}");
+    }
+    assert!(max_abs_diff(&b[4].1, &b[5].1)? <= 1e-6);
+
+    let mut model = Model::load(&fused, BackendKind::OrtCpu)?;
+    let latents = model.encode(&media)?.latents;
+    let kv = model.media_kv(latents)?;
+    let two = kv.select(&[0, 0]);
+    let rows = |v: &[i64]| Array2::from_shape_fn((2, v.len()), |(_, j)| v[j]);
+    let mut cache = model.empty_cache(2);
+    let prompt = Step {
+        input_ids: rows(&ids[..n - 2]),
+        attention_mask: Array2::ones((2, n - 2)),
+        position_ids: rows(&(0..n as i64 - 2).collect::<Vec<_>>()),
+        media_time: rows(&mt[..n - 2]),
+        keep: 1,
+    };
+    model.decode(&prompt, &two, &mut cache)?;
+    let more = Step {
+        input_ids: rows(&ids[n - 2..]),
+        attention_mask: Array2::ones((2, n)),
+        position_ids: rows(&[n as i64 - 2, n as i64 - 1]),
+        media_time: rows(&mt[n - 2..]),
+        keep: 1,
+    };
+    let e = model
+        .decode(&more, &two, &mut cache)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("one row at a time"), "{e}");
+
+    let req = Request {
+        prompt: "<image>A picture of".into(),
+        media: media[..1].to_vec(),
+        options: GenerateOptions {
+            max_new_tokens: 5,
+            num_beams: 3,
+            ..Default::default()
+        },
+    };
+    let x = Pipeline::load(&exported(fx)?, BackendKind::OrtCpu)?.generate(&req)?;
+    let y = Pipeline::load(&fused, BackendKind::OrtCpu)?.generate(&req)?;
+    assert_eq!(x.sequences[0].generated_ids, y.sequences[0].generated_ids);
+    Ok(())
+}
+
 /// The fastest int4 setting (`--block-size 128 --symmetric --head-bits 4`,
 /// GPTQ): what it costs in accuracy, measured against fp32.
 #[test]
