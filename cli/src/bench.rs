@@ -35,6 +35,13 @@ pub struct Args {
     /// Bytes streamed to measure memory bandwidth
     #[arg(long, default_value_t = 1 << 30)]
     bandwidth_bytes: usize,
+    /// Another export of the same model (e.g. the fp32 one, to compare a
+    /// quantised export with): its decode steps are timed alternately with
+    /// this export's (three rounds each, same prompts and batch sizes), so
+    /// that drift on a busy machine hits both alike, and the report gives the
+    /// speed-up. Its memory adds to the resident-memory figures.
+    #[arg(long)]
+    baseline: Option<PathBuf>,
     #[arg(long)]
     json: bool,
     /// Draw a PNG chart: decode latency against context length, and the
@@ -259,6 +266,20 @@ pub fn run(a: Args) -> Result<()> {
     let mut model = Model::load_with_gpu(&a.model, a.backend, &a.gpu.options())?;
     let load_ms = t0.elapsed().as_secs_f64() * 1e3;
     let (load_peak, rss_loaded) = (peak_rss().max(before_load), status_bytes("VmRSS:"));
+    let mut base = match &a.baseline {
+        Some(p) => {
+            let b = Model::load_with_gpu(p, a.backend, &a.gpu.options())?;
+            if b.manifest.model.decoder != model.manifest.model.decoder {
+                anyhow::bail!(
+                    "--baseline {}: not the same model as {} (the decoders differ)",
+                    p.display(),
+                    a.model.display()
+                );
+            }
+            Some(b)
+        }
+        None => None,
+    };
     let peak_reset = reset_peak_rss();
     let m = model.manifest.clone();
     let d = &m.model.decoder;
@@ -290,6 +311,11 @@ pub fn run(a: Args) -> Result<()> {
         Ok(())
     })?;
     let tokens = model.vision_tokens(px.clone())?;
+    let base_tokens = match base.as_mut() {
+        Some(b) => Some(b.vision_tokens(px.clone())?),
+        None => None,
+    };
+    let mut versus = Vec::new();
     let (media, eoc) = (
         m.special_tokens.media as i64,
         m.special_tokens.end_of_chunk as i64,
@@ -323,6 +349,23 @@ pub fn run(a: Args) -> Result<()> {
                         .iter()
                         .map(|(ctx, ms)| json!({"shots": k, "context": ctx, "ms": ms})),
                 );
+            }
+            if let (Some(bm), Some(bt)) = (base.as_mut(), base_tokens.as_ref()) {
+                let (p, dd) = (bt.shape()[1], bt.shape()[2]);
+                let stacked = ndarray::concatenate(Axis(0), &vec![bt.view(); t])?
+                    .into_shape_with_order(IxDyn(&[1, t, 1, p, dd]))?;
+                let lat = bm.latents(stacked)?;
+                let bkv = bm.media_kv(lat)?.select(&vec![0; b]);
+                let (mut mine, mut theirs) = (Vec::new(), Vec::new());
+                for _ in 0..3 {
+                    theirs.extend(decode_run(bm, &a, &ids, &mt, t, &bkv, b)?.steps);
+                    mine.extend(decode_run(&mut model, &a, &ids, &mt, t, &kvb, b)?.steps);
+                }
+                let (p50, base_p50) = (median(mine), median(theirs));
+                versus.push(json!({
+                    "shots": k, "batch": b, "prompt_tokens": n, "p50_ms": p50,
+                    "baseline_p50_ms": base_p50, "speedup": base_p50 / p50,
+                }));
             }
             let pct = percentiles(r.steps);
             if b == 1 {
@@ -387,6 +430,9 @@ pub fn run(a: Args) -> Result<()> {
         "load_peak_rss_bytes": load_peak, "rss_after_load_bytes": rss_loaded,
         "peak_rss_bytes": load_peak.max(peak_rss()),
         "run_peak_rss_bytes": if peak_reset { Some(peak_rss()) } else { None },
+        "baseline": base.as_ref().map(|b| json!({
+            "model": a.baseline, "precision": b.manifest.precision, "decode": versus,
+        })),
     });
     if let Some(p) = &a.plot {
         crate::plot::write(&report, p)?;
@@ -444,6 +490,28 @@ pub fn run(a: Args) -> Result<()> {
             c["images"],
             c["ratio"].as_f64().unwrap_or(0.0)
         );
+    }
+    if let Some(b) = &base {
+        println!(
+            "decode p50 against {} ({}), timed alternately:",
+            a.baseline
+                .as_deref()
+                .unwrap_or(std::path::Path::new(""))
+                .display(),
+            b.manifest.precision
+        );
+        for v in &versus {
+            let f = |k: &str| v[k].as_f64().unwrap_or(0.0);
+            println!(
+                "  {} shots, batch {}, {} prompt tokens: {:.2} ms vs {:.2} ms ({:.2}x faster)",
+                v["shots"],
+                v["batch"],
+                v["prompt_tokens"],
+                f("p50_ms"),
+                f("baseline_p50_ms"),
+                f("speedup")
+            );
+        }
     }
     let gb = |b: u64| b as f64 / 1e9;
     println!(

@@ -528,6 +528,41 @@ fn bench_smoke_test_on_a_tiny_model_writes_its_json() {
         "/nonexistent-dir/x.png",
     ]);
     assert!(!ok && err.contains("no such directory"), "{err}");
+    // against a baseline export of the same model, timed alternately
+    let m = model.display().to_string();
+    let quick = [
+        "--shots",
+        "0",
+        "--batch",
+        "1",
+        "--new-tokens",
+        "2",
+        "--warmup",
+        "0",
+        "--iters",
+        "1",
+        "--bandwidth-bytes",
+        "1048576",
+        "--json",
+    ];
+    let mut args = vec!["bench", "--model", &m, "--baseline", &m];
+    args.extend(quick);
+    let (ok, out, err) = flamingo(&args);
+    assert!(ok, "{err}");
+    let r: Value = serde_json::from_str(&out).unwrap();
+    let v = &r["baseline"]["decode"];
+    assert_eq!(v.as_array().unwrap().len(), 1, "{v}");
+    let f = |k: &str| v[0][k].as_f64().unwrap();
+    assert!(f("p50_ms") > 0.0 && f("baseline_p50_ms") > 0.0);
+    assert!((f("speedup") - f("baseline_p50_ms") / f("p50_ms")).abs() < 1e-9);
+    // another model is refused
+    let other = tmp.path().join("other");
+    export("tiny-mpt", &other);
+    let o = other.display().to_string();
+    let mut args = vec!["bench", "--model", &m, "--baseline", &o];
+    args.extend(quick);
+    let (ok, _, err) = flamingo(&args);
+    assert!(!ok && err.contains("not the same model"), "{err}");
 }
 
 #[test]
