@@ -242,8 +242,16 @@ fn claim(removed: &mut [bool], nodes: &[usize]) -> bool {
 
 /// Applies the fusions described in the module docs.
 pub fn fuse_decoder(g: &Graph) -> (Graph, Fused) {
+    fuse_decoder_with(g, true)
+}
+
+/// [`fuse_decoder`]; with `in_place_kv` false, self-attention becomes
+/// `MultiHeadAttention` over the concatenated cache instead of
+/// `GroupQueryAttention` (for the CUDA provider, which has no float32
+/// `GroupQueryAttention`).
+pub fn fuse_decoder_with(g: &Graph, in_place_kv: bool) -> (Graph, Fused) {
     let (folded, gates) = fold_gates(g);
-    let (out, mut fused) = fuse(folded.as_ref().unwrap_or(g));
+    let (out, mut fused) = fuse(folded.as_ref().unwrap_or(g), in_place_kv);
     fused.gates = gates;
     (out, fused)
 }
@@ -330,7 +338,7 @@ fn fold_gates(g: &Graph) -> (Option<Graph>, usize) {
     (Some(out), count)
 }
 
-fn fuse(g: &Graph) -> (Graph, Fused) {
+fn fuse(g: &Graph, in_place_kv: bool) -> (Graph, Fused) {
     let ix = Index::new(g);
     let mut fused = Fused::default();
     let mut plan = Plan { insert: vec![] };
@@ -366,10 +374,15 @@ fn fuse(g: &Graph) -> (Graph, Fused) {
     for (ci, c) in g.nodes.iter().enumerate() {
         // ---- self-attention: Concat(past_k, split_heads(k)) -> present_k
         if c.op_type == "Concat" && c.inputs.len() == 2 && ix.is_input(&c.inputs[0]) {
-            let Some(m) = match_self_attention(&ix, ci) else {
+            let Some(mut m) = match_self_attention(&ix, ci) else {
                 continue;
             };
-            if !claim(&mut removed, &m.nodes) {
+            if !in_place_kv {
+                m.packed = None;
+            }
+            let mut nodes = m.nodes.clone();
+            nodes.extend(m.packed.as_ref().map(|(_, split)| *split));
+            if !claim(&mut removed, &nodes) {
                 continue;
             }
             let bias = shared_node(
@@ -383,6 +396,29 @@ fn fuse(g: &Graph) -> (Graph, Fused) {
                 m.place,
                 &mut plan,
             );
+            if !in_place_kv {
+                plan.insert.push((
+                    m.place,
+                    mha(
+                        format!("{}/MultiHeadAttention", c.name),
+                        vec![
+                            m.q,
+                            m.k,
+                            m.v,
+                            String::new(),
+                            String::new(),
+                            bias,
+                            m.past_k,
+                            m.past_v,
+                        ],
+                        vec![m.out, m.present_k, m.present_v],
+                        m.heads,
+                        m.scale,
+                    ),
+                ));
+                fused.self_attention += 1;
+                continue;
+            }
             // GroupQueryAttention's lengths, from the mask's width: every
             // row spans the whole `[0, total)` (left padding is masked by
             // the bias), so `seqlens_k = total - 1` for each row
@@ -398,7 +434,7 @@ fn fuse(g: &Graph) -> (Graph, Fused) {
             let lasts = shared_node("Expand", vec![last, batch], vec![], at, &mut plan);
             let seqlens = shared_node("Cast", vec![lasts], int32(), at, &mut plan);
             let (query, key, value) = match &m.packed {
-                Some(qkv) => (qkv.clone(), String::new(), String::new()),
+                Some((qkv, _)) => (qkv.clone(), String::new(), String::new()),
                 None => (m.q, m.k, m.v),
             };
             plan.insert.push((
@@ -582,8 +618,9 @@ fn fuse(g: &Graph) -> (Graph, Fused) {
 struct SelfAttn {
     nodes: Vec<usize>,
     place: usize,
-    /// The `[B, S, 3·D]` projection q, k and v are split from, when they are.
-    packed: Option<String>,
+    /// The `[B, S, 3·D]` projection q, k and v are split from, when they
+    /// are, and the `Split`.
+    packed: Option<(String, usize)>,
     q: String,
     k: String,
     v: String,
@@ -667,13 +704,10 @@ fn match_self_attention(ix: &Index, ck: usize) -> Option<SelfAttn> {
             .all(|o| ix.readers(o) == 1)
             .then(|| (n.inputs[0].clone(), sp))
     })();
-    if let Some((_, sp)) = &packed {
-        nodes.push(*sp);
-    }
     let place = *nodes.iter().max()?;
     Some(SelfAttn {
         place,
-        packed: packed.map(|(x, _)| x),
+        packed,
         q: q.into(),
         k: k.into(),
         v: v.into(),

@@ -58,6 +58,10 @@ pub struct BlockOptions {
     /// Bits of the LM head (4 or 8). At 8 (the default) the head's error
     /// stays small next to the body's; 4 reads half the bytes.
     pub head_bits: u32,
+    /// Self-attention over a concatenated cache (`MultiHeadAttention`)
+    /// instead of `GroupQueryAttention` updating it in place: for the CUDA
+    /// provider, which has no float32 `GroupQueryAttention`.
+    pub plain_kv_cache: bool,
 }
 
 impl Default for BlockOptions {
@@ -65,6 +69,7 @@ impl Default for BlockOptions {
         BlockOptions {
             symmetric: false,
             head_bits: 8,
+            plain_kv_cache: false,
         }
     }
 }
@@ -291,7 +296,7 @@ pub fn quantize_decoder(
 ) -> Result<Graph, String> {
     let q = quantize_weights_opts(g, bits, hessians, opts)?;
     Ok(match bits.blocked() {
-        Some(_) => crate::ort_fuse::fuse_decoder(&q).0,
+        Some(_) => crate::ort_fuse::fuse_decoder_with(&q, !opts.plain_kv_cache).0,
         None => q,
     })
 }

@@ -28,6 +28,12 @@ pub struct Args {
     /// int8-ort, int4: bits of the LM head, 8 or 4
     #[arg(long, default_value_t = 8)]
     head_bits: u32,
+    /// int8-ort, int4: self-attention over a concatenated KV cache
+    /// (MultiHeadAttention) instead of GroupQueryAttention updating it in
+    /// place; for the CUDA provider, which has no float32
+    /// GroupQueryAttention
+    #[arg(long)]
+    plain_kv_cache: bool,
     /// Also quantise the vision encoder, resampler and media K/V projections (default: the decoder only)
     #[arg(long)]
     include_vision: bool,
@@ -68,9 +74,10 @@ pub fn run(a: Args) -> Result<()> {
     let opts = BlockOptions {
         symmetric: a.symmetric,
         head_bits: a.head_bits,
+        plain_kv_cache: a.plain_kv_cache,
     };
-    if bits == WeightBits::Int8 && (a.symmetric || a.head_bits != 8) {
-        bail!("--symmetric and --head-bits apply to --weights int8-ort and int4");
+    if bits == WeightBits::Int8 && (a.symmetric || a.head_bits != 8 || a.plain_kv_cache) {
+        bail!("--symmetric, --head-bits and --plain-kv-cache apply to --weights int8-ort and int4");
     }
     if ![4, 8].contains(&a.head_bits) {
         bail!("--head-bits {}: expected 4 or 8", a.head_bits);

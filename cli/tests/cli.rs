@@ -388,7 +388,9 @@ fn quantize_int4_with_gptq_data_and_its_failures() {
     // the MatMulNBits decoder runs on ONNX Runtime's fused kernels
     let dec = std::fs::read(out.join("decoder.onnx")).unwrap();
     let has = |b: &[u8], s: &str| b.windows(s.len()).any(|w| w == s.as_bytes());
+    assert_eq!(manifest["graphs"]["decoder"]["kv_update"], "in-place");
     for op in [
+        "GroupQueryAttention",
         "MultiHeadAttention",
         "SkipLayerNormalization",
         "Gelu",
@@ -413,7 +415,24 @@ fn quantize_int4_with_gptq_data_and_its_failures() {
     assert!(ok, "{err}");
     let dec = std::fs::read(fast.join("decoder.onnx")).unwrap();
     assert!(has(&dec, "MatMulNBits") && !has(&dec, ".zero_points"));
+    // for the CUDA provider: self-attention over a concatenated cache
+    let plain = tmp.path().join("plain");
+    let (ok, stdout, err) = flamingo(&[
+        "quantize",
+        "--weights",
+        "int4",
+        "--plain-kv-cache",
+        "--json",
+        &m,
+        &plain.display().to_string(),
+    ]);
+    assert!(ok, "{err}");
+    let manifest: Value = serde_json::from_str(&stdout).unwrap();
+    assert!(manifest["graphs"]["decoder"].get("kv_update").is_none());
+    let dec = std::fs::read(plain.join("decoder.onnx")).unwrap();
+    assert!(has(&dec, "MultiHeadAttention") && !has(&dec, "GroupQueryAttention"));
     for bad in [
+        vec!["--weights", "int8", "--plain-kv-cache"],
         vec!["--weights", "int8", "--symmetric"],
         vec!["--weights", "int4", "--head-bits", "5"],
     ] {

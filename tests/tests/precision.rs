@@ -641,12 +641,22 @@ fn in_place_kv_buffers_decode_like_the_plain_cache() -> Result<()> {
         out.push(("host keys".into(), cache.layers[0].0.clone()));
         Ok(out)
     };
-    let (a, b) = (run(&exported(fx), false)?, run(&Ok(fused.clone()), true)?);
-    for ((name, x), (_, y)) in a.iter().zip(&b) {
-        let d = max_abs_diff(x, y)?;
+    // `quantize --plain-kv-cache`: MultiHeadAttention over a concatenated cache
+    let mha = converted(fx, "ort-fused-plain-kv", &|role, g| {
+        Ok((role == "decoder")
+            .then(|| flamingo_calibration::ort_fuse::fuse_decoder_with(g, false).0))
+    })?;
+    let mm = flamingo_export::Manifest::load(&mha)?;
+    assert_eq!(mm.graph("decoder")?.kv_update, None);
+    let a = run(&exported(fx), false)?;
+    let b = run(&Ok(fused.clone()), true)?;
+    let c = run(&Ok(mha), false)?;
+    for (((name, x), (_, y)), (_, z)) in a.iter().zip(&b).zip(&c) {
         let scale = x.iter().fold(0f32, |m, v| m.max(v.abs()));
-        eprintln!("in-place {name}: max abs diff {d:.2e} of {scale:.2}");
+        let (d, dm) = (max_abs_diff(x, y)?, max_abs_diff(x, z)?);
+        eprintln!("in-place {name}: max abs diff {d:.2e} (plain fused {dm:.2e}) of {scale:.2}");
         assert!(d <= 1e-4 * scale.max(1.0), "{name}: {d}");
+        assert!(dm <= 1e-4 * scale.max(1.0), "{name}, plain fused: {dm}");
     }
     assert!(max_abs_diff(&b[4].1, &b[5].1)? <= 1e-6);
 
@@ -701,6 +711,7 @@ fn int4_speed_setting_stays_close_with_gptq() -> Result<()> {
     let fast = BlockOptions {
         symmetric: true,
         head_bits: 4,
+        ..Default::default()
     };
     for fx in FIXTURES {
         let mut a = Model::load(&exported(fx)?, BackendKind::OrtCpu)?;
