@@ -64,8 +64,9 @@ impl KvCache {
             reserve: 0,
         }
     }
-    /// Sizes in-place buffers for `positions` (prompt + new tokens), so they
-    /// need not grow (they do, by doubling, if a step goes past it).
+    /// Sizes in-place buffers for `positions` (prompt + new tokens, up to
+    /// 512 past the current need), so they need not grow (they do, by
+    /// doubling, if a step goes past them).
     pub fn reserve(&mut self, positions: usize) {
         self.reserve = positions;
     }
@@ -386,7 +387,10 @@ impl Model {
             .first()
             .filter(|_| cache.filled.is_some())
             .map_or(0, |(k, _)| 2 * k.shape()[2]);
-        let cap = total.max(cache.reserve).max(grown).next_multiple_of(8);
+        // the reserve up to 512 positions ahead: a long `max_new_tokens`
+        // that stops early does not hold its whole cache from the start
+        let ahead = cache.reserve.min(total + 512);
+        let cap = total.max(ahead).max(grown).next_multiple_of(8);
         let past = cache.len();
         cache.to_host()?;
         let (kv_heads, head_dim, layers) = (d.kv_heads, d.head_dim, d.num_layers);
