@@ -326,16 +326,19 @@ fn fold_gates(g: &Graph) -> (Option<Graph>, usize) {
         }
         nodes.push(n);
     }
-    let count = renamed.len();
-    let out = Graph {
+    (Some(with_body(g, nodes, initializers)), renamed.len())
+}
+
+/// `g`'s name, doc and I/O with new nodes and initializers.
+fn with_body(g: &Graph, nodes: Vec<Node>, initializers: Vec<(String, Tensor)>) -> Graph {
+    Graph {
         name: g.name.clone(),
         doc: g.doc.clone(),
         inputs: g.inputs.clone(),
         outputs: g.outputs.clone(),
         nodes,
         initializers,
-    };
-    (Some(out), count)
+    }
 }
 
 fn fuse(g: &Graph, in_place_kv: bool) -> (Graph, Fused) {
@@ -604,15 +607,7 @@ fn fuse(g: &Graph, in_place_kv: bool) -> (Graph, Fused) {
     }
     let mut initializers = g.initializers.clone();
     initializers.extend(extra_inits);
-    let out = Graph {
-        name: g.name.clone(),
-        doc: g.doc.clone(),
-        inputs: g.inputs.clone(),
-        outputs: g.outputs.clone(),
-        nodes,
-        initializers,
-    };
-    (out, fused)
+    (with_body(g, nodes, initializers), fused)
 }
 
 struct SelfAttn {
