@@ -62,10 +62,15 @@ pub fn convert_with(
                 extra_opsets: opsets,
                 ..Default::default()
             };
-            if g.nodes.iter().any(|n| n.domain == "com.microsoft")
-                && !opts.extra_opsets.iter().any(|o| o.0 == "com.microsoft")
-            {
-                opts.extra_opsets.push(("com.microsoft".into(), 1));
+            // contrib operators (`com.microsoft`) and this runtime's own
+            // (`ai.flamingo`, registered by its ONNX Runtime backend)
+            let ort_domains = ["com.microsoft", flamingo_runtime::int8_matmul::DOMAIN];
+            for d in ort_domains {
+                if g.nodes.iter().any(|n| n.domain == d)
+                    && !opts.extra_opsets.iter().any(|o| o.0 == d)
+                {
+                    opts.extra_opsets.push((d.into(), 1));
+                }
             }
             progress.stage(&role, g.weight_bytes() as u64);
             let written = onnx::write(&g, &tmp, &info.file, &opts, &mut |n| progress.advance(n))?;
@@ -82,7 +87,7 @@ pub fn convert_with(
             gi.requires = g
                 .nodes
                 .iter()
-                .any(|n| n.domain == "com.microsoft")
+                .any(|n| ort_domains.contains(&n.domain.as_str()))
                 .then(|| "onnxruntime".to_string());
             gi.kv_update = crate::ort_fuse::kv_update(&g).map(str::to_string);
         }

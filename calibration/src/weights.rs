@@ -9,6 +9,12 @@
 //!   ONNX-Runtime-only. The LM head (a plain `A·Bᵀ` Gemm) is quantised to 8
 //!   bits in both; when it is tied to the embedding, the float embedding
 //!   stays for the lookup and the head reads a quantised copy.
+//! - int8-flamingo: per-output-channel symmetric int8 weights in this
+//!   runtime's own kernel, `ai.flamingo.MatMulInt8`
+//!   ([`flamingo_runtime::int8_matmul`]): float32 activations and
+//!   accumulation, the weights streamed at close to the memory bandwidth.
+//!   ONNX Runtime through this runtime only (which registers the operator);
+//!   the LM head as in int8-ort.
 //!
 //! Only float32 initializers read as the weight of a MatMul (`[K, N]`, and
 //! by nothing else) or of the head Gemm (`[N, K]`) are quantised.
@@ -28,6 +34,9 @@ pub enum WeightBits {
     Int8Ort { block_size: usize },
     /// Blockwise int4 in `MatMulNBits` (ONNX Runtime only).
     Int4 { block_size: usize },
+    /// Per-channel int8 in `ai.flamingo.MatMulInt8` (this runtime's ONNX
+    /// Runtime backend only).
+    Int8Flamingo,
 }
 
 impl WeightBits {
@@ -36,13 +45,20 @@ impl WeightBits {
             WeightBits::Int8 => "int8-weights",
             WeightBits::Int8Ort { .. } => "int8-weights-ort",
             WeightBits::Int4 { .. } => "int4-weights",
+            WeightBits::Int8Flamingo => "int8-weights-flamingo",
         }
+    }
+
+    /// Graphs only ONNX Runtime runs: quantised with the LM head (tied or
+    /// not) and fused for ONNX Runtime.
+    pub fn ort_only(self) -> bool {
+        self != WeightBits::Int8
     }
 
     /// `MatMulNBits`' bits and block size, for the blockwise kinds.
     fn blocked(self) -> Option<(u32, usize)> {
         match self {
-            WeightBits::Int8 => None,
+            WeightBits::Int8 | WeightBits::Int8Flamingo => None,
             WeightBits::Int8Ort { block_size } => Some((8, block_size)),
             WeightBits::Int4 { block_size } => Some((4, block_size)),
         }
@@ -253,6 +269,23 @@ fn nbits_rows(
     (packed, scales, zps)
 }
 
+/// `[n, k]` f32 rows → per-row symmetric int8 codes (`[n, k]`) and scales:
+/// `max |w|` over 127 shrunk by the ratio with the least squared error, or
+/// GPTQ with `comp`. The `int8-flamingo` weights: `w ≈ code · scale`.
+pub fn int8_channels(
+    w: &[f32],
+    n: usize,
+    k: usize,
+    comp: Option<&Compensation>,
+) -> (Vec<i8>, Vec<f32>) {
+    // one block per row; codes are offset by the mid-code 128
+    let (codes, scales, _) = nbits_rows(w, n, k, k, 8, true, comp);
+    (
+        codes.iter().map(|c| (*c as i16 - 128) as i8).collect(),
+        scales,
+    )
+}
+
 fn lazy(
     dtype: DType,
     shape: Vec<usize>,
@@ -285,9 +318,8 @@ pub fn quantize_weights_with(
 }
 
 /// A decoder as `flamingo quantize` writes it: the weights quantised and,
-/// for the `MatMulNBits` kinds (ONNX-Runtime-only graphs anyway), ONNX
-/// Runtime's fused attention, GELU and skip-LayerNorm kernels
-/// ([`crate::ort_fuse`]).
+/// for the ONNX-Runtime-only kinds, ONNX Runtime's fused attention, GELU
+/// and skip-LayerNorm kernels ([`crate::ort_fuse`]).
 pub fn quantize_decoder(
     g: &Graph,
     bits: WeightBits,
@@ -295,9 +327,10 @@ pub fn quantize_decoder(
     opts: &BlockOptions,
 ) -> Result<Graph, String> {
     let q = quantize_weights_opts(g, bits, hessians, opts)?;
-    Ok(match bits.blocked() {
-        Some(_) => crate::ort_fuse::fuse_decoder_with(&q, !opts.plain_kv_cache).0,
-        None => q,
+    Ok(if bits.ort_only() {
+        crate::ort_fuse::fuse_decoder_with(&q, !opts.plain_kv_cache).0
+    } else {
+        q
     })
 }
 
@@ -310,6 +343,13 @@ pub fn quantize_weights_opts(
 ) -> Result<Graph, String> {
     if ![4, 8].contains(&opts.head_bits) {
         return Err(format!("head bits {}: expected 4 or 8", opts.head_bits));
+    }
+    if bits.blocked().is_none() && (opts.head_bits != 8 || opts.symmetric) {
+        return Err(format!(
+            "{}: per-channel symmetric 8-bit weights; the head-bits and symmetric settings are for \
+             the MatMulNBits kinds",
+            bits.name()
+        ));
     }
     let symmetric = opts.symmetric;
     if let Some((_, block_size)) = bits.blocked() {
@@ -370,7 +410,7 @@ pub fn quantize_weights_opts(
             "Gemm" if plain_gemm(n) && bits == WeightBits::Int8 && u.len() == 1 => {
                 targets.insert(name.to_string(), (ni, true));
             }
-            "Gemm" if plain_gemm(n) && bits.blocked().is_some() && only_gathers => {
+            "Gemm" if plain_gemm(n) && bits.ort_only() && only_gathers => {
                 targets.insert(name.to_string(), (ni, true));
             }
             _ => {}
@@ -453,6 +493,68 @@ pub fn quantize_weights_opts(
                         },
                     ));
                 }
+            }
+            WeightBits::Int8Flamingo => {
+                use flamingo_runtime::int8_matmul as mi;
+                let w = f32s(&src)?;
+                let data_input = g.nodes[ni].inputs[0].as_str();
+                let comp = match hessians.and_then(|h| h.get(data_input)) {
+                    Some(h) if h.k == k_in => {
+                        let entry = factors.entry(data_input.to_string());
+                        entry.or_insert_with(|| Compensation::new(h, 0.01)).as_ref()
+                    }
+                    _ => None,
+                };
+                let shape = mi::packed_shape(n_out, k_in).to_vec();
+                let (q, scales) = match comp {
+                    Some(c) => {
+                        let (codes, scales) = int8_channels(&w, n_out, k_in, Some(c));
+                        let q = Tensor {
+                            dtype: DType::I8,
+                            shape,
+                            data: flamingo_graphs::TensorData::Bytes(std::sync::Arc::new(
+                                mi::pack(&codes, n_out, k_in)
+                                    .iter()
+                                    .map(|q| *q as u8)
+                                    .collect(),
+                            )),
+                        };
+                        (q, scales)
+                    }
+                    None => {
+                        // packed lazily, when written: no second copy in memory
+                        let (_, scales) = int8_channels(&w, n_out, k_in, None);
+                        let q = lazy(DType::I8, shape, src, move |w| {
+                            let (codes, _) = int8_channels(w, n_out, k_in, None);
+                            mi::pack(&codes, n_out, k_in)
+                                .iter()
+                                .map(|q| *q as u8)
+                                .collect()
+                        });
+                        (q, scales)
+                    }
+                };
+                let tag = if nk_layout { ".head" } else { "" };
+                let qn = format!("{name}{tag}.qweight");
+                let sn = format!("{name}{tag}.scales");
+                initializers.push((qn.clone(), q));
+                initializers.push((sn.clone(), Tensor::from_f32(vec![n_out], &scales)));
+                let old = &g.nodes[ni];
+                replaced_nodes.insert(
+                    ni,
+                    Node {
+                        name: old.name.clone(),
+                        op_type: mi::OP.into(),
+                        domain: mi::DOMAIN.into(),
+                        inputs: vec![old.inputs[0].clone(), qn, sn],
+                        outputs: old.outputs.clone(),
+                        attrs: vec![
+                            ("K".into(), Attr::Int(k_in as i64)),
+                            ("N".into(), Attr::Int(n_out as i64)),
+                        ],
+                        keep_fp32: false,
+                    },
+                );
             }
             WeightBits::Int4 { .. } | WeightBits::Int8Ort { .. } => {
                 let (nbits, block_size) = bits.blocked().unwrap_or((4, 32));

@@ -13,13 +13,15 @@ use flamingo_runtime::BackendKind;
 #[derive(clap::Args)]
 pub struct Args {
     /// int8 (DequantizeLinear, portable), int8-ort (MatMulNBits, 8 bits:
-    /// ONNX Runtime only, its int8 kernels) or int4 (MatMulNBits, 4 bits,
-    /// ONNX Runtime only)
+    /// ONNX Runtime only, its int8 kernels), int8-flamingo (per-channel int8
+    /// in this runtime's own kernel inside ONNX Runtime: float32 compute, the
+    /// fastest int8 decode on AVX2 CPUs; runs only through flamingo's
+    /// ort-cpu backend) or int4 (MatMulNBits, 4 bits, ONNX Runtime only)
     #[arg(long)]
     weights: String,
-    /// Block size along K (int8-ort, int4)
-    #[arg(long, default_value_t = 32)]
-    block_size: usize,
+    /// Block size along K (int8-ort, int4) [default: 32]
+    #[arg(long)]
+    block_size: Option<usize>,
     /// int8-ort, int4: symmetric blocks (no zero points). Faster kernels and
     /// fewer bytes, coarser; with `--block-size 128 --head-bits 4` the
     /// fastest setting
@@ -28,7 +30,7 @@ pub struct Args {
     /// int8-ort, int4: bits of the LM head, 8 or 4
     #[arg(long, default_value_t = 8)]
     head_bits: u32,
-    /// int8-ort, int4: self-attention over a concatenated KV cache
+    /// int8-ort, int8-flamingo, int4: self-attention over a concatenated KV cache
     /// (MultiHeadAttention) instead of GroupQueryAttention updating it in
     /// place; for the CUDA provider, which has no float32
     /// GroupQueryAttention
@@ -37,7 +39,7 @@ pub struct Args {
     /// Also quantise the vision encoder, resampler and media K/V projections (default: the decoder only)
     #[arg(long)]
     include_vision: bool,
-    /// int4, int8-ort: calibration requests (the `flamingo generate --batch` JSONL
+    /// int4, int8-ort, int8-flamingo: calibration requests (the `flamingo generate --batch` JSONL
     /// format) for GPTQ, which spreads each weight's rounding error over the
     /// weights not yet quantised, weighted by the activations on this data.
     /// Without it, weights are rounded to nearest.
@@ -60,16 +62,20 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> Result<()> {
+    let block_size = a.block_size.unwrap_or(32);
     let bits = match a.weights.as_str() {
         "int8" => WeightBits::Int8,
-        "int8-ort" => WeightBits::Int8Ort {
-            block_size: a.block_size,
-        },
-        "int4" => WeightBits::Int4 {
-            block_size: a.block_size,
-        },
-        other => bail!("--weights {other}: expected int8, int8-ort or int4"),
+        "int8-ort" => WeightBits::Int8Ort { block_size },
+        "int4" => WeightBits::Int4 { block_size },
+        "int8-flamingo" => WeightBits::Int8Flamingo,
+        other => bail!("--weights {other}: expected int8, int8-ort, int8-flamingo or int4"),
     };
+    if a.block_size.is_some() && matches!(bits, WeightBits::Int8 | WeightBits::Int8Flamingo) {
+        bail!(
+            "--block-size applies to --weights int8-ort and int4; {} is per channel",
+            a.weights
+        );
+    }
     let vision = a.include_vision;
     let opts = BlockOptions {
         symmetric: a.symmetric,
@@ -79,13 +85,22 @@ pub fn run(a: Args) -> Result<()> {
     if bits == WeightBits::Int8 && (a.symmetric || a.head_bits != 8 || a.plain_kv_cache) {
         bail!("--symmetric, --head-bits and --plain-kv-cache apply to --weights int8-ort and int4");
     }
+    if bits == WeightBits::Int8Flamingo && (a.symmetric || a.head_bits != 8) {
+        bail!(
+            "--symmetric and --head-bits apply to --weights int8-ort and int4; int8-flamingo \
+             is symmetric per channel, the head included"
+        );
+    }
     if ![4, 8].contains(&a.head_bits) {
         bail!("--head-bits {}: expected 4 or 8", a.head_bits);
     }
     let hessians = match &a.data {
         None => None,
         Some(_) if bits == WeightBits::Int8 => {
-            bail!("--data (GPTQ) applies to --weights int4 and int8-ort; int8 rounds per channel")
+            bail!(
+                "--data (GPTQ) applies to --weights int4, int8-ort and int8-flamingo; int8 rounds \
+                 per channel"
+            )
         }
         Some(data) => Some(observe(&a, data)?),
     };

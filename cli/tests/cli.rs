@@ -431,10 +431,37 @@ fn quantize_int4_with_gptq_data_and_its_failures() {
     assert!(manifest["graphs"]["decoder"].get("kv_update").is_none());
     let dec = std::fs::read(plain.join("decoder.onnx")).unwrap();
     assert!(has(&dec, "MultiHeadAttention") && !has(&dec, "GroupQueryAttention"));
+    // this runtime's int8 kernel, with GPTQ on the same data: fused, no
+    // MatMulNBits, the ai.flamingo operator set declared
+    let own = tmp.path().join("own");
+    let (ok, stdout, err) = flamingo(&[
+        "quantize",
+        "--weights",
+        "int8-flamingo",
+        "--data",
+        &d,
+        "--json",
+        &m,
+        &own.display().to_string(),
+    ]);
+    assert!(ok, "{err}");
+    let manifest: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(manifest["precision"], "int8-weights-flamingo");
+    assert_eq!(manifest["graphs"]["decoder"]["requires"], "onnxruntime");
+    assert_eq!(manifest["graphs"]["decoder"]["kv_update"], "in-place");
+    let dec = std::fs::read(own.join("decoder.onnx")).unwrap();
+    for op in ["MatMulInt8", "ai.flamingo", "GroupQueryAttention"] {
+        assert!(has(&dec, op), "{op}");
+    }
+    assert!(!has(&dec, "MatMulNBits"));
     for bad in [
         vec!["--weights", "int8", "--plain-kv-cache"],
         vec!["--weights", "int8", "--symmetric"],
         vec!["--weights", "int4", "--head-bits", "5"],
+        vec!["--weights", "int8-flamingo", "--symmetric"],
+        vec!["--weights", "int8-flamingo", "--head-bits", "4"],
+        vec!["--weights", "int8-flamingo", "--block-size", "64"],
+        vec!["--weights", "int9"],
     ] {
         let o = tmp.path().join("bad");
         let mut args = vec!["quantize"];

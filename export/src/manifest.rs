@@ -157,7 +157,9 @@ pub const IN_PLACE: &str = "in-place";
 pub struct GraphInfo {
     pub file: String,
     /// Set when the graph uses operators only one runtime has
-    /// (`onnxruntime` for `com.microsoft` ops such as `MatMulNBits`).
+    /// (`onnxruntime` for `com.microsoft` ops such as `MatMulNBits`, and for
+    /// `ai.flamingo.MatMulInt8`, which this runtime's ONNX Runtime backend
+    /// registers).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub requires: Option<String>,
     /// The decoder's KV cache update, when it is not the plain `present =

@@ -44,9 +44,12 @@ mod backend;
 pub mod decoder;
 mod error;
 pub mod gpu;
+pub mod int8_matmul;
 mod model;
 #[cfg(feature = "ort")]
 pub mod ort_backend;
+#[cfg(feature = "ort")]
+mod ort_int8;
 pub mod pipeline;
 pub mod preprocess;
 pub mod search;

@@ -79,7 +79,7 @@ impl Model {
             if let (Some(req), BackendKind::Tract) = (&g.requires, kind) {
                 return Err(Error::Input(format!(
                     "{}: the `{role}` graph ({}) needs {req} (it uses ONNX Runtime contrib operators such as \
-                     MatMulNBits); run it with --backend ort-cpu",
+                     MatMulNBits, or this runtime's ai.flamingo kernels); run it with --backend ort-cpu",
                     dir.display(),
                     manifest.precision
                 )));

@@ -202,6 +202,9 @@ impl Backend for OrtBackend {
             .with_optimization_level(GraphOptimizationLevel::Level3)
             .map_err(|e| ctx(e.into()))?
             .with_intra_threads(self.threads)
+            .map_err(|e| ctx(e.into()))?
+            // this runtime's own kernels (`ai.flamingo` domain)
+            .with_operators(crate::ort_int8::domain().map_err(ctx)?)
             .map_err(|e| ctx(e.into()))?;
         if !eps.is_empty() {
             b = b.with_execution_providers(eps).map_err(|e| ctx(e.into()))?;

@@ -702,6 +702,144 @@ fn in_place_kv_buffers_decode_like_the_plain_cache() -> Result<()> {
     Ok(())
 }
 
+/// The int8-flamingo decoder with every `MatMulInt8` replaced by a float32
+/// `MatMul` over its weights, unpacked here from the documented layout
+/// (tile, step, channel, offset) and dequantised.
+fn int8_kernels_as_float(g: &flamingo_graphs::Graph) -> Result<flamingo_graphs::Graph, String> {
+    use flamingo_graphs::{Attr, Tensor};
+    use flamingo_runtime::int8_matmul::{KSTEP, OP, TILE};
+    let inits: std::collections::HashMap<&str, &Tensor> = g
+        .initializers
+        .iter()
+        .map(|(n, t)| (n.as_str(), t))
+        .collect();
+    let mut out = g.clone();
+    for node in out.nodes.iter_mut().filter(|n| n.op_type == OP) {
+        let attr = |k: &str| match node.attrs.iter().find(|(n, _)| n == k) {
+            Some((_, Attr::Int(v))) => Ok(*v as usize),
+            _ => Err(format!("{}: no {k}", node.name)),
+        };
+        let (k, n) = (attr("K")?, attr("N")?);
+        let init = |i: usize| {
+            inits
+                .get(node.inputs[i].as_str())
+                .copied()
+                .ok_or(format!("{}: input {i} is no initializer", node.name))
+        };
+        let codes = init(1)?.bytes()?;
+        let scales = init(2)?.to_f32_vec()?;
+        let steps = k.div_ceil(KSTEP);
+        // [K, N]: w[i, c] = code(c, i) · scale(c)
+        let mut w = vec![0f32; k * n];
+        for c in 0..n {
+            for i in 0..k {
+                let at = (((c / TILE) * steps + i / KSTEP) * TILE + c % TILE) * KSTEP + i % KSTEP;
+                w[i * n + c] = codes[at] as i8 as f32 * scales[c];
+            }
+        }
+        let name = format!("{}.float", node.inputs[1]);
+        out.initializers
+            .push((name.clone(), Tensor::from_f32(vec![k, n], &w)));
+        node.op_type = "MatMul".into();
+        node.domain = String::new();
+        node.inputs = vec![node.inputs[0].clone(), name];
+        node.attrs.clear();
+    }
+    Ok(out)
+}
+
+/// `--weights int8-flamingo`: this runtime's int8 kernel inside ONNX
+/// Runtime (prompt rows four at a time and the remainder, a decode step,
+/// beam rows, the KV cache in place) equals float32 products over the same
+/// weights, and stays close to fp32.
+#[test]
+fn the_int8_kernel_equals_float32_products_over_its_weights() -> Result<()> {
+    use flamingo_calibration::weights::WeightBits;
+    use flamingo_runtime::BackendKind;
+    for fx in FIXTURES {
+        let dir = quantized(fx, WeightBits::Int8Flamingo)?;
+        let m = flamingo_export::Manifest::load(&dir)?;
+        let dec = m.graph("decoder")?;
+        assert_eq!(dec.requires.as_deref(), Some("onnxruntime"));
+        let err = Model::load(&dir, BackendKind::Tract)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("--backend ort-cpu"), "{err}");
+        let float = converted(fx, "int8-flamingo-as-float", &|role, g| {
+            if role != "decoder" {
+                return Ok(None);
+            }
+            let q = flamingo_calibration::weights::quantize_decoder(
+                g,
+                WeightBits::Int8Flamingo,
+                None,
+                &Default::default(),
+            )?;
+            let kernels = q
+                .nodes
+                .iter()
+                .filter(|n| n.op_type == flamingo_runtime::int8_matmul::OP)
+                .count();
+            if kernels == 0 {
+                return Err("no MatMulInt8".into());
+            }
+            int8_kernels_as_float(&q).map(Some)
+        })?;
+        let mut fp32 = Model::load(&exported(fx)?, BackendKind::OrtCpu)?;
+        let mut a = Model::load(&float, BackendKind::OrtCpu)?;
+        let mut b = Model::load(&dir, BackendKind::OrtCpu)?;
+        for (((name, lf), (_, la)), (_, lb)) in case_logits(&mut fp32, fx)?
+            .iter()
+            .zip(case_logits(&mut a, fx)?)
+            .zip(case_logits(&mut b, fx)?)
+        {
+            let scale = la.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let (d, c) = (max_abs_diff(&la, &lb)?, cosine(lf, &lb)?);
+            eprintln!(
+                "int8-flamingo {fx} {name}: max abs diff {d:.2e} of {scale:.2} against float32 \
+                 products; logits cosine {c:.6} against fp32"
+            );
+            assert!(d <= 1e-4 * scale.max(1.0), "{fx} {name}: {d}");
+            assert!(c >= 0.999, "{fx} {name}: cosine {c}");
+        }
+        let case = cases(fx)?["cases"]
+            .as_array()
+            .context("cases")?
+            .iter()
+            .find(|c| c.get("images").is_some() || c.get("frames").is_some())
+            .cloned()
+            .context("a case with media")?;
+        let png = |i: &usize| fixture(fx).join(format!("images/img{i}.png"));
+        let media: Vec<Media> = match case.get("frames") {
+            Some(f) => vec![Media::Video(indices(f).iter().map(png).collect())],
+            None => indices(&case["images"])
+                .iter()
+                .map(png)
+                .map(Media::Image)
+                .collect(),
+        };
+        for beams in [1, 3] {
+            let req = Request {
+                prompt: "<image>A picture of".into(),
+                media: media[..1].to_vec(),
+                options: GenerateOptions {
+                    max_new_tokens: 6,
+                    num_beams: beams,
+                    ..Default::default()
+                },
+            };
+            let x = Pipeline::load(&float, BackendKind::OrtCpu)?.generate(&req)?;
+            let y = Pipeline::load(&dir, BackendKind::OrtCpu)?.generate(&req)?;
+            assert_eq!(
+                x.sequences[0].generated_ids, y.sequences[0].generated_ids,
+                "{fx}, {beams} beams"
+            );
+        }
+    }
+    Ok(())
+}
+
 /// The fastest int4 setting (`--block-size 128 --symmetric --head-bits 4`,
 /// GPTQ): what it costs in accuracy, measured against fp32.
 #[test]
