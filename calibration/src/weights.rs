@@ -437,6 +437,16 @@ pub fn quantize_weights_opts(
         } else {
             t.clone().transpose_2d().map_err(|e| e.to_string())?
         };
+        let w = f32s(&src)?;
+        // GPTQ where the weight's input was observed (not for int8)
+        let data_input = g.nodes[ni].inputs[0].as_str();
+        let comp = match hessians.and_then(|h| h.get(data_input)) {
+            Some(h) if h.k == k_in && bits != WeightBits::Int8 => {
+                let entry = factors.entry(data_input.to_string());
+                entry.or_insert_with(|| Compensation::new(h, 0.01)).as_ref()
+            }
+            _ => None,
+        };
         match bits {
             WeightBits::Int8 => {
                 let qn = format!("{name}.qweight");
@@ -446,7 +456,6 @@ pub fn quantize_weights_opts(
                     int8_rows(w, n_out, k_in).0
                 });
                 // scales computed eagerly (small), from the same values
-                let w = f32s(&src)?;
                 let (_, scales) = int8_rows(&w, n_out, k_in);
                 // dequantize to [N, K] then, for MatMul, transpose back to [K, N]
                 initializers.push((qn.clone(), q));
@@ -496,15 +505,6 @@ pub fn quantize_weights_opts(
             }
             WeightBits::Int8Flamingo => {
                 use flamingo_runtime::int8_matmul as mi;
-                let w = f32s(&src)?;
-                let data_input = g.nodes[ni].inputs[0].as_str();
-                let comp = match hessians.and_then(|h| h.get(data_input)) {
-                    Some(h) if h.k == k_in => {
-                        let entry = factors.entry(data_input.to_string());
-                        entry.or_insert_with(|| Compensation::new(h, 0.01)).as_ref()
-                    }
-                    _ => None,
-                };
                 let shape = mi::packed_shape(n_out, k_in).to_vec();
                 let (q, scales) = match comp {
                     Some(c) => {
@@ -560,15 +560,6 @@ pub fn quantize_weights_opts(
                 let (nbits, block_size) = bits.blocked().unwrap_or((4, 32));
                 let nbits = if nk_layout { opts.head_bits } else { nbits };
                 let blocks = k_in.div_ceil(block_size);
-                let w = f32s(&src)?;
-                let data_input = g.nodes[ni].inputs[0].as_str();
-                let comp = match hessians.and_then(|h| h.get(data_input)) {
-                    Some(h) if h.k == k_in => {
-                        let entry = factors.entry(data_input.to_string());
-                        entry.or_insert_with(|| Compensation::new(h, 0.01)).as_ref()
-                    }
-                    _ => None,
-                };
                 let qshape = vec![n_out, blocks, block_size * nbits as usize / 8];
                 let (q, scales, zps) = match comp {
                     Some(c) => {
