@@ -286,6 +286,14 @@ pub fn int8_channels(
     )
 }
 
+/// `[n, k]` int8 codes in `MatMulInt8`'s layout, as the tensor's bytes.
+fn packed_bytes(codes: &[i8], n: usize, k: usize) -> Vec<u8> {
+    flamingo_runtime::int8_matmul::pack(codes, n, k)
+        .iter()
+        .map(|q| *q as u8)
+        .collect()
+}
+
 fn lazy(
     dtype: DType,
     shape: Vec<usize>,
@@ -513,10 +521,7 @@ pub fn quantize_weights_opts(
                             dtype: DType::I8,
                             shape,
                             data: flamingo_graphs::TensorData::Bytes(std::sync::Arc::new(
-                                mi::pack(&codes, n_out, k_in)
-                                    .iter()
-                                    .map(|q| *q as u8)
-                                    .collect(),
+                                packed_bytes(&codes, n_out, k_in),
                             )),
                         };
                         (q, scales)
@@ -525,11 +530,7 @@ pub fn quantize_weights_opts(
                         // packed lazily, when written: no second copy in memory
                         let (_, scales) = int8_channels(&w, n_out, k_in, None);
                         let q = lazy(DType::I8, shape, src, move |w| {
-                            let (codes, _) = int8_channels(w, n_out, k_in, None);
-                            mi::pack(&codes, n_out, k_in)
-                                .iter()
-                                .map(|q| *q as u8)
-                                .collect()
+                            packed_bytes(&int8_channels(w, n_out, k_in, None).0, n_out, k_in)
                         });
                         (q, scales)
                     }
