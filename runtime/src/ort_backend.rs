@@ -48,6 +48,9 @@ pub fn dylib_candidates() -> Vec<PathBuf> {
     c
 }
 
+/// Whether a committed session has put the `ai.flamingo` domain in ONNX Runtime's global map.
+static DOMAIN_REGISTERED: std::sync::Mutex<bool> = std::sync::Mutex::new(false);
+
 static INIT: OnceLock<Result<(PathBuf, ort::environment::Environment), String>> = OnceLock::new();
 
 /// Loads ONNX Runtime once per process; returns the library path and environment.
@@ -209,7 +212,23 @@ impl Backend for OrtBackend {
         if !eps.is_empty() {
             b = b.with_execution_providers(eps).map_err(|e| ctx(e.into()))?;
         }
-        let session = b.commit_from_file(path).map_err(ctx)?;
+        let session = {
+            // ONNX Runtime adds a custom domain to its process-wide version map at the first
+            // commit and checks-then-adds without a lock: two threads committing their first
+            // sessions at once fail with "domain is already exist". Commit under a lock until
+            // one commit has put `ai.flamingo` in the map; later commits run unlocked.
+            let mut registered = DOMAIN_REGISTERED
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if *registered {
+                drop(registered);
+                b.commit_from_file(path).map_err(ctx)?
+            } else {
+                let session = b.commit_from_file(path).map_err(ctx)?;
+                *registered = true;
+                session
+            }
+        };
         Ok(Box::new(OrtCpuSession {
             session,
             device: self.providers.device(),
