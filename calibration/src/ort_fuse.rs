@@ -256,7 +256,7 @@ pub fn fuse_decoder_with(g: &Graph, in_place_kv: bool) -> (Graph, Fused) {
     (out, fused)
 }
 
-/// `Mul(MatMulNBits(x), g)` (or `MatMulInt8`) with a constant gate `g` (or
+/// `Mul(MatMulNBits(x), g)` (or `MatMulInt8`, `MatMulInt4`) with a constant gate `g` (or
 /// `Tanh(g)`), the product read alone: the gate folds into the scales,
 /// `dequant(q, s)·g = dequant(q, s·g)`. The gated cross-attention's
 /// `tanh(attn_gate)` and `tanh(ff_gate)`.
@@ -277,7 +277,11 @@ fn fold_gates(g: &Graph) -> (Option<Graph>, usize) {
             let scales = m.inputs.get(2).map(|s| s.as_str()).unwrap_or("");
             let f32_scales = ix.inits.get(scales).is_some_and(|t| t.dtype == DType::F32);
             let scaled_product = (m.op_type == "MatMulNBits" && m.domain == "com.microsoft")
-                || (m.op_type == flamingo_runtime::int8_matmul::OP
+                || ([
+                    flamingo_runtime::int8_matmul::OP,
+                    flamingo_runtime::int4_matmul::OP,
+                ]
+                .contains(&m.op_type.as_str())
                     && m.domain == flamingo_runtime::int8_matmul::DOMAIN);
             if !scaled_product
                 || ix.readers(x) != 1

@@ -15,6 +15,14 @@
 //!   accumulation, the weights streamed at close to the memory bandwidth.
 //!   ONNX Runtime through this runtime only (which registers the operator);
 //!   the LM head as in int8-ort.
+//! - int4-flamingo: symmetric int4 weights in blocks of `block_size` (32,
+//!   64, 128, ...) along K in this
+//!   runtime's own kernel, `ai.flamingo.MatMulInt4`
+//!   ([`flamingo_runtime::int4_matmul`]): int8 activations per block, as
+//!   `MatMulNBits` at `accuracy_level` 4, but one `vpmaddubsw` per 32
+//!   weights with the output channels in separate lanes. ONNX Runtime
+//!   through this runtime only; the LM head at 8 bits as in int8-flamingo,
+//!   or at 4 in this kernel.
 //!
 //! Only float32 initializers read as the weight of a MatMul (`[K, N]`, and
 //! by nothing else) or of the head Gemm (`[N, K]`) are quantised.
@@ -37,6 +45,10 @@ pub enum WeightBits {
     /// Per-channel int8 in `ai.flamingo.MatMulInt8` (this runtime's ONNX
     /// Runtime backend only).
     Int8Flamingo,
+    /// Symmetric int4 in blocks of `block_size` (a power of two, at least
+    /// 32) in `ai.flamingo.MatMulInt4` (this runtime's ONNX Runtime backend
+    /// only).
+    Int4Flamingo { block_size: usize },
 }
 
 impl WeightBits {
@@ -46,6 +58,7 @@ impl WeightBits {
             WeightBits::Int8Ort { .. } => "int8-weights-ort",
             WeightBits::Int4 { .. } => "int4-weights",
             WeightBits::Int8Flamingo => "int8-weights-flamingo",
+            WeightBits::Int4Flamingo { .. } => "int4-weights-flamingo",
         }
     }
 
@@ -58,7 +71,7 @@ impl WeightBits {
     /// `MatMulNBits`' bits and block size, for the blockwise kinds.
     fn blocked(self) -> Option<(u32, usize)> {
         match self {
-            WeightBits::Int8 | WeightBits::Int8Flamingo => None,
+            WeightBits::Int8 | WeightBits::Int8Flamingo | WeightBits::Int4Flamingo { .. } => None,
             WeightBits::Int8Ort { block_size } => Some((8, block_size)),
             WeightBits::Int4 { block_size } => Some((4, block_size)),
         }
@@ -286,6 +299,27 @@ pub fn int8_channels(
     )
 }
 
+/// `[n, k]` f32 rows → symmetric int4 codes (`[n, k]`, 0..15, zero point
+/// 8) and scales (`[n, ⌈k/bs⌉]`) in blocks of `bs`: the `int4-flamingo`
+/// weights, `w ≈ (code − 8) · scale`. As [`int8_channels`].
+pub fn int4_blocks(
+    w: &[f32],
+    n: usize,
+    k: usize,
+    bs: usize,
+    comp: Option<&Compensation>,
+) -> (Vec<u8>, Vec<f32>) {
+    let (packed, scales, _) = nbits_rows(w, n, k, bs, 4, true, comp);
+    let row_bytes = k.div_ceil(bs) * bs / 2;
+    let codes = (0..n * k)
+        .map(|i| {
+            let (r, c) = (i / k, i % k);
+            (packed[r * row_bytes + c / 2] >> (4 * (c % 2))) & 15
+        })
+        .collect();
+    (codes, scales)
+}
+
 /// `[n, k]` int8 codes in `MatMulInt8`'s layout, as the tensor's bytes.
 fn packed_bytes(codes: &[i8], n: usize, k: usize) -> Vec<u8> {
     flamingo_runtime::int8_matmul::pack(codes, n, k)
@@ -307,6 +341,43 @@ fn lazy(
             .collect();
         f(&v)
     })
+}
+
+/// Replaces MatMul/Gemm `old` (node `ni`, weight `name`) with this
+/// runtime's `op` over the quantised weight `q` and its `scales`.
+fn own_kernel(
+    (initializers, replaced): (&mut Vec<(String, Tensor)>, &mut HashMap<usize, Node>),
+    old: &Node,
+    ni: usize,
+    (name, head): (&str, bool),
+    (q, scales): (Tensor, Tensor),
+    (op, block_size): (&str, Option<usize>),
+    (k, n): (usize, usize),
+) {
+    let mut attrs = vec![
+        ("K".into(), Attr::Int(k as i64)),
+        ("N".into(), Attr::Int(n as i64)),
+    ];
+    if let Some(bs) = block_size {
+        attrs.push(("block_size".into(), Attr::Int(bs as i64)));
+    }
+    let tag = if head { ".head" } else { "" };
+    let qn = format!("{name}{tag}.qweight");
+    let sn = format!("{name}{tag}.scales");
+    initializers.push((qn.clone(), q));
+    initializers.push((sn.clone(), scales));
+    replaced.insert(
+        ni,
+        Node {
+            name: old.name.clone(),
+            op_type: op.into(),
+            domain: flamingo_runtime::int8_matmul::DOMAIN.into(),
+            inputs: vec![old.inputs[0].clone(), qn, sn],
+            outputs: old.outputs.clone(),
+            attrs,
+            keep_fp32: false,
+        },
+    );
 }
 
 /// Quantises the eligible weights of `g` (round-to-nearest).
@@ -352,7 +423,24 @@ pub fn quantize_weights_opts(
     if ![4, 8].contains(&opts.head_bits) {
         return Err(format!("head bits {}: expected 4 or 8", opts.head_bits));
     }
-    if bits.blocked().is_none() && (opts.head_bits != 8 || opts.symmetric) {
+    if let WeightBits::Int4Flamingo { block_size } = bits {
+        if opts.symmetric {
+            return Err(format!(
+                "{}: symmetric blocks always; the symmetric setting is for the MatMulNBits kinds",
+                bits.name()
+            ));
+        }
+        let unit = flamingo_runtime::int4_matmul::BLOCK;
+        if block_size < unit || !block_size.is_power_of_two() {
+            return Err(format!(
+                "{}: block size {block_size} must be a power of two, at least {unit}",
+                bits.name()
+            ));
+        }
+    }
+    if matches!(bits, WeightBits::Int8 | WeightBits::Int8Flamingo)
+        && (opts.head_bits != 8 || opts.symmetric)
+    {
         return Err(format!(
             "{}: per-channel symmetric 8-bit weights; the head-bits and symmetric settings are for \
              the MatMulNBits kinds",
@@ -455,7 +543,14 @@ pub fn quantize_weights_opts(
             }
             _ => None,
         };
-        match bits {
+        // int4-flamingo's head at 8 bits: in the int8 kernel
+        let kind = match bits {
+            WeightBits::Int4Flamingo { .. } if nk_layout && opts.head_bits == 8 => {
+                WeightBits::Int8Flamingo
+            }
+            b => b,
+        };
+        match kind {
             WeightBits::Int8 => {
                 let qn = format!("{name}.qweight");
                 let sn = format!("{name}.scale");
@@ -535,26 +630,52 @@ pub fn quantize_weights_opts(
                         (q, scales)
                     }
                 };
-                let tag = if nk_layout { ".head" } else { "" };
-                let qn = format!("{name}{tag}.qweight");
-                let sn = format!("{name}{tag}.scales");
-                initializers.push((qn.clone(), q));
-                initializers.push((sn.clone(), Tensor::from_f32(vec![n_out], &scales)));
-                let old = &g.nodes[ni];
-                replaced_nodes.insert(
+                own_kernel(
+                    (&mut initializers, &mut replaced_nodes),
+                    &g.nodes[ni],
                     ni,
-                    Node {
-                        name: old.name.clone(),
-                        op_type: mi::OP.into(),
-                        domain: mi::DOMAIN.into(),
-                        inputs: vec![old.inputs[0].clone(), qn, sn],
-                        outputs: old.outputs.clone(),
-                        attrs: vec![
-                            ("K".into(), Attr::Int(k_in as i64)),
-                            ("N".into(), Attr::Int(n_out as i64)),
-                        ],
-                        keep_fp32: false,
-                    },
+                    (name, nk_layout),
+                    (q, Tensor::from_f32(vec![n_out], &scales)),
+                    (mi::OP, None),
+                    (k_in, n_out),
+                );
+            }
+            WeightBits::Int4Flamingo { block_size: bs } => {
+                use flamingo_runtime::int4_matmul as m4;
+                let shape = m4::packed_shape(n_out, k_in).to_vec();
+                let (q, scales) = match comp {
+                    Some(c) => {
+                        let (codes, scales) = int4_blocks(&w, n_out, k_in, bs, Some(c));
+                        let q = Tensor {
+                            dtype: DType::U8,
+                            shape,
+                            data: flamingo_graphs::TensorData::Bytes(std::sync::Arc::new(
+                                m4::pack(&codes, n_out, k_in),
+                            )),
+                        };
+                        (q, scales)
+                    }
+                    None => {
+                        // packed lazily, when written: no second copy in memory
+                        let (_, scales) = int4_blocks(&w, n_out, k_in, bs, None);
+                        let q = lazy(DType::U8, shape, src, move |w| {
+                            m4::pack(&int4_blocks(w, n_out, k_in, bs, None).0, n_out, k_in)
+                        });
+                        (q, scales)
+                    }
+                };
+                let scales = Tensor::from_f32(
+                    m4::scales_shape(n_out, k_in, bs).to_vec(),
+                    &m4::pack_scales(&scales, n_out, k_in, bs),
+                );
+                own_kernel(
+                    (&mut initializers, &mut replaced_nodes),
+                    &g.nodes[ni],
+                    ni,
+                    (name, nk_layout),
+                    (q, scales),
+                    (m4::OP, Some(bs)),
+                    (k_in, n_out),
                 );
             }
             WeightBits::Int4 { .. } | WeightBits::Int8Ort { .. } => {

@@ -16,10 +16,13 @@ pub struct Args {
     /// ONNX Runtime only, its int8 kernels), int8-flamingo (per-channel int8
     /// in this runtime's own kernel inside ONNX Runtime: float32 compute, the
     /// fastest int8 decode on AVX2 CPUs; runs only through flamingo's
-    /// ort-cpu backend) or int4 (MatMulNBits, 4 bits, ONNX Runtime only)
+    /// ort-cpu backend), int4 (MatMulNBits, 4 bits, ONNX Runtime only) or
+    /// int4-flamingo (symmetric int4 blocks in this runtime's own kernel
+    /// inside ONNX Runtime, int8 activations per 32 as int4's: the fastest
+    /// decode on AVX2 CPUs; flamingo's ort-cpu backend only)
     #[arg(long)]
     weights: String,
-    /// Block size along K (int8-ort, int4) [default: 32]
+    /// Block size along K (int8-ort, int4, int4-flamingo) [default: 32]
     #[arg(long)]
     block_size: Option<usize>,
     /// int8-ort, int4: symmetric blocks (no zero points). Faster kernels and
@@ -27,10 +30,10 @@ pub struct Args {
     /// fastest setting
     #[arg(long)]
     symmetric: bool,
-    /// int8-ort, int4: bits of the LM head, 8 or 4
+    /// int8-ort, int4, int4-flamingo: bits of the LM head, 8 or 4
     #[arg(long, default_value_t = 8)]
     head_bits: u32,
-    /// int8-ort, int8-flamingo, int4: self-attention over a concatenated KV cache
+    /// int8-ort, int8-flamingo, int4, int4-flamingo: self-attention over a concatenated KV cache
     /// (MultiHeadAttention) instead of GroupQueryAttention updating it in
     /// place; for the CUDA provider, which has no float32
     /// GroupQueryAttention
@@ -39,7 +42,7 @@ pub struct Args {
     /// Also quantise the vision encoder, resampler and media K/V projections (default: the decoder only)
     #[arg(long)]
     include_vision: bool,
-    /// int4, int8-ort, int8-flamingo: calibration requests (the `flamingo generate --batch` JSONL
+    /// int4, int8-ort, int8-flamingo, int4-flamingo: calibration requests (the `flamingo generate --batch` JSONL
     /// format) for GPTQ, which spreads each weight's rounding error over the
     /// weights not yet quantised, weighted by the activations on this data.
     /// Without it, weights are rounded to nearest.
@@ -68,13 +71,27 @@ pub fn run(a: Args) -> Result<()> {
         "int8-ort" => WeightBits::Int8Ort { block_size },
         "int4" => WeightBits::Int4 { block_size },
         "int8-flamingo" => WeightBits::Int8Flamingo,
-        other => bail!("--weights {other}: expected int8, int8-ort, int8-flamingo or int4"),
+        "int4-flamingo" => WeightBits::Int4Flamingo { block_size },
+        other => bail!(
+            "--weights {other}: expected int8, int8-ort, int8-flamingo, int4 or int4-flamingo"
+        ),
     };
     if a.block_size.is_some() && matches!(bits, WeightBits::Int8 | WeightBits::Int8Flamingo) {
         bail!(
-            "--block-size applies to --weights int8-ort and int4; {} is per channel",
+            "--block-size applies to --weights int8-ort, int4 and int4-flamingo; {} is per channel",
             a.weights
         );
+    }
+    let unit = flamingo_runtime::int4_matmul::BLOCK;
+    if matches!(bits, WeightBits::Int4Flamingo { .. })
+        && (block_size < unit || !block_size.is_power_of_two())
+    {
+        bail!(
+            "--block-size {block_size}: int4-flamingo's blocks are a power of two, at least {unit}"
+        );
+    }
+    if matches!(bits, WeightBits::Int4Flamingo { .. }) && a.symmetric {
+        bail!("--symmetric applies to --weights int8-ort and int4; int4-flamingo is symmetric");
     }
     let vision = a.include_vision;
     let opts = BlockOptions {

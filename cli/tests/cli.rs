@@ -454,6 +454,37 @@ fn quantize_int4_with_gptq_data_and_its_failures() {
         assert!(has(&dec, op), "{op}");
     }
     assert!(!has(&dec, "MatMulNBits"));
+    // this runtime's int4 kernel, GPTQ, blocks of 64, the head at 4 bits:
+    // every product in MatMulInt4
+    let own4 = tmp.path().join("own4");
+    let (ok, stdout, err) = flamingo(&[
+        "quantize",
+        "--weights",
+        "int4-flamingo",
+        "--block-size",
+        "64",
+        "--head-bits",
+        "4",
+        "--data",
+        &d,
+        "--json",
+        &m,
+        &own4.display().to_string(),
+    ]);
+    assert!(ok, "{err}");
+    let manifest: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(manifest["precision"], "int4-weights-flamingo");
+    assert_eq!(manifest["graphs"]["decoder"]["requires"], "onnxruntime");
+    let dec = std::fs::read(own4.join("decoder.onnx")).unwrap();
+    for op in [
+        "MatMulInt4",
+        "ai.flamingo",
+        "block_size",
+        "GroupQueryAttention",
+    ] {
+        assert!(has(&dec, op), "{op}");
+    }
+    assert!(!has(&dec, "MatMulNBits") && !has(&dec, "MatMulInt8"));
     for bad in [
         vec!["--weights", "int8", "--plain-kv-cache"],
         vec!["--weights", "int8", "--symmetric"],
@@ -461,6 +492,9 @@ fn quantize_int4_with_gptq_data_and_its_failures() {
         vec!["--weights", "int8-flamingo", "--symmetric"],
         vec!["--weights", "int8-flamingo", "--head-bits", "4"],
         vec!["--weights", "int8-flamingo", "--block-size", "64"],
+        vec!["--weights", "int4-flamingo", "--symmetric"],
+        vec!["--weights", "int4-flamingo", "--block-size", "48"],
+        vec!["--weights", "int4-flamingo", "--block-size", "16"],
         vec!["--weights", "int9"],
     ] {
         let o = tmp.path().join("bad");

@@ -158,7 +158,7 @@ pub struct GraphInfo {
     pub file: String,
     /// Set when the graph uses operators only one runtime has
     /// (`onnxruntime` for `com.microsoft` ops such as `MatMulNBits`, and for
-    /// `ai.flamingo.MatMulInt8`, which this runtime's ONNX Runtime backend
+    /// `ai.flamingo.MatMulInt8` / `MatMulInt4`, which this runtime's ONNX Runtime backend
     /// registers).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub requires: Option<String>,

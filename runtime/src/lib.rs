@@ -44,12 +44,13 @@ mod backend;
 pub mod decoder;
 mod error;
 pub mod gpu;
+pub mod int4_matmul;
 pub mod int8_matmul;
 mod model;
 #[cfg(feature = "ort")]
 pub mod ort_backend;
 #[cfg(feature = "ort")]
-mod ort_int8;
+mod ort_quant;
 pub mod pipeline;
 pub mod preprocess;
 pub mod search;

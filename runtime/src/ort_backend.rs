@@ -207,7 +207,7 @@ impl Backend for OrtBackend {
             .with_intra_threads(self.threads)
             .map_err(|e| ctx(e.into()))?
             // this runtime's own kernels (`ai.flamingo` domain)
-            .with_operators(crate::ort_int8::domain().map_err(ctx)?)
+            .with_operators(crate::ort_quant::domain().map_err(ctx)?)
             .map_err(|e| ctx(e.into()))?;
         if !eps.is_empty() {
             b = b.with_execution_providers(eps).map_err(|e| ctx(e.into()))?;
