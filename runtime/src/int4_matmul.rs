@@ -23,6 +23,7 @@
 //! Attributes `K`, `N`, `block_size` (`bs`, a multiple of 32; default 32).
 //! Output float32 `[..., N]`.
 
+use crate::int8_matmul::Output;
 pub use crate::int8_matmul::DOMAIN;
 
 /// The operator's name.
@@ -34,8 +35,6 @@ pub const TILE: usize = 8;
 pub const BLOCK: usize = 32;
 /// Packed bytes of one tile's block.
 pub const TILE_BLOCK_BYTES: usize = TILE * BLOCK / 2;
-/// Tiles per parallel task.
-const TASK_TILES: usize = 16;
 
 /// The packed weight's shape for `n` output channels of `k` inputs.
 pub fn packed_shape(n: usize, k: usize) -> [usize; 3] {
@@ -195,13 +194,8 @@ pub struct Product<'a> {
     per: usize,
     b: &'a [u8],
     scales: &'a [f32],
-    n: usize,
-    y: *mut f32,
+    y: Output<'a>,
 }
-
-// Tasks write disjoint columns of `y`.
-unsafe impl Sync for Product<'_> {}
-unsafe impl Send for Product<'_> {}
 
 impl<'a> Product<'a> {
     /// `y` must hold `m · n` values; operands as checked by [`check`],
@@ -229,20 +223,18 @@ impl<'a> Product<'a> {
             per: bs / BLOCK,
             b,
             scales,
-            n,
-            y: y.as_mut_ptr(),
+            y: Output::new(y, n),
         })
     }
 
     /// Number of tasks.
     pub fn tasks(&self) -> usize {
-        self.n.div_ceil(TILE).div_ceil(TASK_TILES)
+        self.y.tasks()
     }
 
     /// Runs task `i` (each exactly once, in any order or concurrently).
     pub fn run(&self, i: usize) {
-        let tiles = self.n.div_ceil(TILE);
-        for t in i * TASK_TILES..((i + 1) * TASK_TILES).min(tiles) {
+        for t in self.y.task_tiles(i) {
             self.tile(t);
         }
     }
@@ -275,12 +267,12 @@ impl<'a> Product<'a> {
                 self.row(r + 3),
             ];
             for (j, v) in dot4(w, s, &rows).iter().enumerate() {
-                self.store(r + j, t, v);
+                self.y.store(r + j, t, v, None);
             }
             r += 4;
         }
         for r in r..self.m {
-            self.store(r, t, &dot1(w, s, &self.row(r)));
+            self.y.store(r, t, &dot1(w, s, &self.row(r)), None);
         }
     }
 
@@ -295,15 +287,6 @@ impl<'a> Product<'a> {
                 per: self.per,
             },
         )
-    }
-
-    /// Writes `v` (tile `t`'s channels) to row `r` of `Y`.
-    fn store(&self, r: usize, t: usize, v: &[f32; TILE]) {
-        let c0 = t * TILE;
-        for (c, x) in v.iter().enumerate().take(self.n.saturating_sub(c0)) {
-            // SAFETY: in bounds (`r < m`, `c0 + c < n`); tasks own disjoint tiles
-            unsafe { *self.y.add(r * self.n + c0 + c) = *x };
-        }
     }
 }
 

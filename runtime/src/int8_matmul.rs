@@ -80,6 +80,51 @@ pub fn check(
     Ok(a_len / k)
 }
 
+/// `Y` (`[m, n]`, row-major) shared by a product's tasks, each of which
+/// writes the columns of its own tiles (`TASK_TILES` tiles of 8 channels).
+pub(crate) struct Output<'a> {
+    y: *mut f32,
+    n: usize,
+    _y: std::marker::PhantomData<&'a mut [f32]>,
+}
+
+// Tasks write disjoint columns of `y`.
+unsafe impl Sync for Output<'_> {}
+unsafe impl Send for Output<'_> {}
+
+impl<'a> Output<'a> {
+    /// `y` holds `m · n` values.
+    pub(crate) fn new(y: &'a mut [f32], n: usize) -> Output<'a> {
+        Output {
+            y: y.as_mut_ptr(),
+            n,
+            _y: std::marker::PhantomData,
+        }
+    }
+
+    /// Number of tasks.
+    pub(crate) fn tasks(&self) -> usize {
+        self.n.div_ceil(TILE).div_ceil(TASK_TILES)
+    }
+
+    /// The tiles of task `i`.
+    pub(crate) fn task_tiles(&self, i: usize) -> std::ops::Range<usize> {
+        let tiles = self.n.div_ceil(TILE);
+        (i * TASK_TILES).min(tiles)..((i + 1) * TASK_TILES).min(tiles)
+    }
+
+    /// Writes `v` (tile `t`'s channels, times `scales[channel]` if given)
+    /// to row `r`; `r` must be below `m` and tile `t` the calling task's.
+    pub(crate) fn store(&self, r: usize, t: usize, v: &[f32; TILE], scales: Option<&[f32]>) {
+        let c0 = t * TILE;
+        for (c, x) in v.iter().enumerate().take(self.n.saturating_sub(c0)) {
+            let x = scales.map_or(*x, |s| x * s[c0 + c]);
+            // SAFETY: in bounds (`r < m`, `c0 + c < n`); tasks own disjoint tiles
+            unsafe { *self.y.add(r * self.n + c0 + c) = x };
+        }
+    }
+}
+
 /// One product, split into tasks that write disjoint columns of `Y`.
 pub struct Product<'a> {
     a: &'a [f32],
@@ -89,13 +134,8 @@ pub struct Product<'a> {
     k: usize,
     b: &'a [i8],
     scales: &'a [f32],
-    n: usize,
-    y: *mut f32,
+    y: Output<'a>,
 }
-
-// Tasks write disjoint columns of `y`.
-unsafe impl Sync for Product<'_> {}
-unsafe impl Send for Product<'_> {}
 
 impl<'a> Product<'a> {
     /// `y` must hold `m · n` values and outlive the product; operands as
@@ -131,24 +171,21 @@ impl<'a> Product<'a> {
             k,
             b,
             scales,
-            n,
-            y: y.as_mut_ptr(),
+            y: Output::new(y, n),
         })
     }
 
     /// Number of tasks.
     pub fn tasks(&self) -> usize {
-        self.n.div_ceil(TILE).div_ceil(TASK_TILES)
+        self.y.tasks()
     }
 
     /// Runs task `i` (each exactly once, in any order or concurrently).
     pub fn run(&self, i: usize) {
-        let tiles = self.n.div_ceil(TILE);
-        let (t0, t1) = (i * TASK_TILES, ((i + 1) * TASK_TILES).min(tiles));
-        if t0 >= t1 {
-            return;
+        let tiles = self.y.task_tiles(i);
+        if !tiles.is_empty() {
+            self.gemv(tiles.start, tiles.end);
         }
-        self.gemv(t0, t1);
     }
 
     /// Runs every task on this thread.
@@ -167,13 +204,9 @@ impl<'a> Product<'a> {
         &self.b[t * len..(t + 1) * len]
     }
 
-    /// Writes `v` (tile `t`'s channels) to row `r` of `Y`.
+    /// Writes `v` (tile `t`'s channels) to row `r` of `Y`, scaled.
     fn store(&self, r: usize, t: usize, v: &[f32; TILE]) {
-        let c0 = t * TILE;
-        for (c, x) in v.iter().enumerate().take(self.n.saturating_sub(c0)) {
-            // SAFETY: in bounds (`r < m`, `c0 + c < n`); tasks own disjoint tiles
-            unsafe { *self.y.add(r * self.n + c0 + c) = x * self.scales[c0 + c] };
-        }
+        self.y.store(r, t, v, Some(self.scales));
     }
 
     /// Tiles `t0..t1`, every row.

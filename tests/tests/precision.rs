@@ -702,32 +702,43 @@ fn in_place_kv_buffers_decode_like_the_plain_cache() -> Result<()> {
     Ok(())
 }
 
+/// Integer attributes, packed weight and scales of a quantised product.
+type Operands<const A: usize> = ([usize; A], std::sync::Arc<Vec<u8>>, Vec<f32>);
+
+/// This runtime's quantised product `node` of `g`: its integer attributes
+/// `keys`, and its packed weight and scales (initializers of `g`).
+fn kernel_operands<const A: usize>(
+    g: &flamingo_graphs::Graph,
+    node: &flamingo_graphs::Node,
+    keys: [&str; A],
+) -> Result<Operands<A>, String> {
+    use flamingo_graphs::Attr;
+    let mut attrs = [0; A];
+    for (v, key) in attrs.iter_mut().zip(keys) {
+        *v = match node.attrs.iter().find(|(a, _)| a == key) {
+            Some((_, Attr::Int(x))) => *x as usize,
+            _ => return Err(format!("{}: no {key}", node.name)),
+        };
+    }
+    let init = |i: usize| {
+        g.initializers
+            .iter()
+            .find(|(name, _)| *name == node.inputs[i])
+            .map(|(_, t)| t)
+            .ok_or(format!("{}: input {i} is no initializer", node.name))
+    };
+    Ok((attrs, init(1)?.bytes()?, init(2)?.to_f32_vec()?))
+}
+
 /// The int8-flamingo decoder with every `MatMulInt8` replaced by a float32
 /// `MatMul` over its weights, unpacked here from the documented layout
 /// (tile, step, channel, offset) and dequantised.
 fn int8_kernels_as_float(g: &flamingo_graphs::Graph) -> Result<flamingo_graphs::Graph, String> {
-    use flamingo_graphs::{Attr, Tensor};
+    use flamingo_graphs::Tensor;
     use flamingo_runtime::int8_matmul::{KSTEP, OP, TILE};
-    let inits: std::collections::HashMap<&str, &Tensor> = g
-        .initializers
-        .iter()
-        .map(|(n, t)| (n.as_str(), t))
-        .collect();
     let mut out = g.clone();
     for node in out.nodes.iter_mut().filter(|n| n.op_type == OP) {
-        let attr = |k: &str| match node.attrs.iter().find(|(n, _)| n == k) {
-            Some((_, Attr::Int(v))) => Ok(*v as usize),
-            _ => Err(format!("{}: no {k}", node.name)),
-        };
-        let (k, n) = (attr("K")?, attr("N")?);
-        let init = |i: usize| {
-            inits
-                .get(node.inputs[i].as_str())
-                .copied()
-                .ok_or(format!("{}: input {i} is no initializer", node.name))
-        };
-        let codes = init(1)?.bytes()?;
-        let scales = init(2)?.to_f32_vec()?;
+        let ([k, n], codes, scales) = kernel_operands(g, node, ["K", "N"])?;
         let steps = k.div_ceil(KSTEP);
         // [K, N]: w[i, c] = code(c, i) · scale(c)
         let mut w = vec![0f32; k * n];
@@ -856,11 +867,6 @@ type DefNode<'a> = (
 fn int4_kernels_as_float(g: &flamingo_graphs::Graph) -> Result<flamingo_graphs::Graph, String> {
     use flamingo_graphs::{Attr, Node, Tensor};
     use flamingo_runtime::int4_matmul::{BLOCK, OP, TILE, TILE_BLOCK_BYTES};
-    let inits: std::collections::HashMap<&str, &Tensor> = g
-        .initializers
-        .iter()
-        .map(|(n, t)| (n.as_str(), t))
-        .collect();
     let mut out = g.clone();
     out.nodes.clear();
     let node = |name: String, op: &str, inputs: Vec<String>, output: &str, attrs| Node {
@@ -877,22 +883,10 @@ fn int4_kernels_as_float(g: &flamingo_graphs::Graph) -> Result<flamingo_graphs::
             out.nodes.push(n.clone());
             continue;
         }
-        let attr = |k: &str| match n.attrs.iter().find(|(a, _)| a == k) {
-            Some((_, Attr::Int(v))) => Ok(*v as usize),
-            _ => Err(format!("{}: no {k}", n.name)),
-        };
-        let (k, cols, bs) = (attr("K")?, attr("N")?, attr("block_size")?);
+        let ([k, cols, bs], packed, scales) = kernel_operands(g, n, ["K", "N", "block_size"])?;
         if k % BLOCK != 0 {
             return Err(format!("{}: K = {k} is not whole blocks", n.name));
         }
-        let init = |i: usize| {
-            inits
-                .get(n.inputs[i].as_str())
-                .copied()
-                .ok_or(format!("{}: input {i} is no initializer", n.name))
-        };
-        let packed = init(1)?.bytes()?;
-        let scales = init(2)?.to_f32_vec()?;
         let (blocks, scale_blocks) = (k / BLOCK, k.div_ceil(bs));
         // [K, N]: w[i, c] = (code(c, i) − 8) · scale(c, block of i)
         let mut w = vec![0f32; k * cols];
