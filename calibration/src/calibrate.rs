@@ -6,7 +6,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use flamingo_export::{onnx_read, Error, Manifest, NoProgress, Progress, Result};
+use flamingo_contract::{GraphRole, Manifest, Precision};
+use flamingo_export::{Error, NoProgress, Progress, Result};
+use flamingo_graphs::onnx;
 use flamingo_runtime::{BackendKind, Pipeline, Request, Value};
 use serde::Serialize;
 
@@ -34,7 +36,7 @@ fn cfg_err(path: &Path, message: String) -> Error {
 }
 
 /// A consumer of observed activations: `(graph role, tensor name, value)`.
-pub type Sink = Box<dyn FnMut(&str, &str, &ndarray::ArrayD<f32>) + Send>;
+pub type Sink = Box<dyn FnMut(GraphRole, &str, &ndarray::ArrayD<f32>) + Send>;
 
 /// Runs the fp32 graphs of `model` over `requests` (generation, as
 /// `flamingo generate` would) with the tensors `select(role, graph)` names
@@ -45,7 +47,7 @@ pub fn observe_with(
     model: &Path,
     requests: &[Request],
     backend: BackendKind,
-    select: &dyn Fn(&str, &flamingo_graphs::Graph) -> Vec<String>,
+    select: &dyn Fn(GraphRole, &flamingo_graphs::Graph) -> Vec<String>,
     sink: Sink,
     tick: &mut dyn FnMut(usize),
 ) -> Result<()> {
@@ -57,11 +59,11 @@ pub fn observe_with(
     let scratch =
         std::env::temp_dir().join(format!("flamingo-observe-{}-{run}", std::process::id()));
     let _ = std::fs::remove_dir_all(&scratch);
-    let mut watched: HashMap<String, Vec<String>> = HashMap::new();
+    let mut watched: HashMap<GraphRole, Vec<String>> = HashMap::new();
     let m = Manifest::load(model)?;
     for (role, info) in &m.graphs {
-        let (g, _) = onnx_read::read(&model.join(&info.file))?;
-        watched.insert(role.clone(), select(role, &g));
+        let (g, _) = onnx::read(&model.join(&info.file))?;
+        watched.insert(*role, select(*role, &g));
     }
     let w = watched.clone();
     let result = (|| -> Result<()> {
@@ -69,9 +71,9 @@ pub fn observe_with(
             model,
             &scratch,
             true,
-            &m.precision,
+            m.precision,
             &|role, g| {
-                let names = w.get(role).cloned().unwrap_or_default();
+                let names = w.get(&role).cloned().unwrap_or_default();
                 Ok((!names.is_empty()).then(|| with_observers(g, &names)))
             },
             &|_| Ok(()),
@@ -81,9 +83,9 @@ pub fn observe_with(
         let sink = Arc::new(Mutex::new(sink));
         let s2 = sink.clone();
         p.model.set_observer(Some(Box::new(
-            move |role: &str, outs: &HashMap<String, Value>| {
+            move |role: GraphRole, outs: &HashMap<String, Value>| {
                 let Ok(mut sink) = s2.lock() else { return };
-                for name in watched.get(role).into_iter().flatten() {
+                for name in watched.get(&role).into_iter().flatten() {
                     if let Some(Value::F32(a)) = outs.get(&observed_output(name)) {
                         (*sink)(role, name, a);
                     }
@@ -120,7 +122,7 @@ pub fn observe(
         Box::new(move |role, name, a| {
             let Ok(mut st) = st.lock() else { return };
             let v: Vec<f32> = a.iter().copied().collect();
-            st.entry((role.to_string(), name.to_string()))
+            st.entry((role.as_str().to_string(), name.to_string()))
                 .or_default()
                 .observe(&v);
         }),
@@ -159,7 +161,7 @@ pub fn hessians(
         requests,
         backend,
         &|role, g| {
-            if role == "decoder" {
+            if role == GraphRole::Decoder {
                 observed_tensors(g)
             } else {
                 Vec::new()
@@ -236,8 +238,8 @@ pub fn write(
         model,
         out,
         force,
-        "int8-qdq",
-        &|role, g| qdq::to_qdq(g, ranges.get(role).unwrap_or(&empty)).map(Some),
+        Precision::Int8Qdq,
+        &|role, g| qdq::to_qdq(g, ranges.get(role.as_str()).unwrap_or(&empty)).map(Some),
         &extra,
         progress,
     )

@@ -167,7 +167,7 @@ pub fn to_fp16(g: &Graph) -> Result<Graph, String> {
         // float casts outside islands now produce float16
         if n.op_type == "Cast" && !n.keep_fp32 {
             for (k, a) in node.attrs.iter_mut() {
-                if k == "to" && matches!(a, Attr::Int(1)) {
+                if k == "to" && matches!(a, Attr::Int(c) if *c == DType::F32.onnx_code() as i64) {
                     *a = Attr::Int(DType::F16.onnx_code() as i64);
                 }
             }

@@ -27,8 +27,8 @@
 
 use std::collections::HashMap;
 
-use flamingo_graphs::contract as io;
-use flamingo_graphs::{Attr, DType, Graph, Node, Tensor};
+use flamingo_contract::{io, KvUpdate};
+use flamingo_graphs::{kernels, Attr, DType, Graph, Node, Tensor};
 
 /// What [`fuse_decoder`] rewrote.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -188,8 +188,8 @@ fn mha(name: String, inputs: Vec<String>, outputs: Vec<String>, heads: i64, scal
 
 /// The manifest's `kv_update` of a decoder whose every past is read by
 /// `GroupQueryAttention` alone: `in-place` (see
-/// `flamingo_export::manifest::GraphInfo::kv_update`).
-pub fn kv_update(g: &Graph) -> Option<&'static str> {
+/// `flamingo_contract::GraphInfo::kv_update`).
+pub fn kv_update(g: &Graph) -> Option<KvUpdate> {
     let mut pasts = g
         .inputs
         .iter()
@@ -201,7 +201,7 @@ pub fn kv_update(g: &Graph) -> Option<&'static str> {
             let mut readers = g.nodes.iter().filter(|n| n.inputs.contains(&p.name));
             readers.clone().next().is_some() && readers.all(|n| n.op_type == "GroupQueryAttention")
         })
-        .then_some(flamingo_export::manifest::IN_PLACE)
+        .then_some(KvUpdate::InPlace)
 }
 
 /// Self-attention over the KV cache. `GroupQueryAttention` rather than
@@ -277,12 +277,8 @@ fn fold_gates(g: &Graph) -> (Option<Graph>, usize) {
             let scales = m.inputs.get(2).map(|s| s.as_str()).unwrap_or("");
             let f32_scales = ix.inits.get(scales).is_some_and(|t| t.dtype == DType::F32);
             let scaled_product = (m.op_type == "MatMulNBits" && m.domain == "com.microsoft")
-                || ([
-                    flamingo_runtime::int8_matmul::OP,
-                    flamingo_runtime::int4_matmul::OP,
-                ]
-                .contains(&m.op_type.as_str())
-                    && m.domain == flamingo_runtime::int8_matmul::DOMAIN);
+                || ([kernels::int8::OP, kernels::int4::OP].contains(&m.op_type.as_str())
+                    && m.domain == kernels::int8::DOMAIN);
             if !scaled_product
                 || ix.readers(x) != 1
                 || !f32_scales

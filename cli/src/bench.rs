@@ -9,8 +9,7 @@ use anyhow::Result;
 use flamingo_runtime::preprocess::{preprocess, Rgb8};
 use flamingo_runtime::{BackendKind, Model, Step};
 use ndarray::{Array2, ArrayD, Axis, IxDyn};
-use serde::Serialize;
-use serde_json::json;
+use serde::{Deserialize, Serialize};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -52,12 +51,101 @@ pub struct Args {
     gpu: crate::gpu::GpuArgs,
 }
 
-#[derive(Serialize)]
-struct Percentiles {
-    p50_ms: f64,
-    p90_ms: f64,
-    p99_ms: f64,
-    mean_ms: f64,
+/// What `flamingo bench --json` prints (times in ms, sizes in bytes; fields
+/// are only ever added). `--plot` draws it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Report {
+    pub model: PathBuf,
+    pub backend: String,
+    pub precision: flamingo_contract::Precision,
+    pub providers: Vec<Provider>,
+    pub load_ms: f64,
+    pub preprocess_ms: f64,
+    pub vision_encoder_ms_per_image: f64,
+    pub media: Vec<MediaRow>,
+    pub decode: Vec<DecodeRow>,
+    pub media_cost_at_equal_context: Option<MediaCost>,
+    pub decode_vs_context: Vec<ContextPoint>,
+    pub memory_bandwidth_gb_s: f64,
+    pub decoder_weight_bytes: u64,
+    pub roofline_decode_ms: f64,
+    pub weight_bytes: u64,
+    pub load_peak_rss_bytes: u64,
+    pub rss_after_load_bytes: u64,
+    pub peak_rss_bytes: u64,
+    pub run_peak_rss_bytes: Option<u64>,
+    pub baseline: Option<Baseline>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Provider {
+    pub graph: flamingo_contract::GraphRole,
+    pub provider: String,
+}
+
+/// The resampler and media K/V of one shot count.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct MediaRow {
+    pub shots: usize,
+    pub images: usize,
+    pub resampler_media_kv_ms: f64,
+}
+
+/// Prefill and decode of one shot count and batch size.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct DecodeRow {
+    pub shots: usize,
+    pub batch: usize,
+    pub prompt_tokens: usize,
+    pub prefill_ms: f64,
+    pub time_to_first_token_ms: f64,
+    pub decode: Percentiles,
+    pub tokens_per_s: f64,
+    pub roofline_ratio: f64,
+}
+
+/// One decode step (batch 1) at its context length.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ContextPoint {
+    pub shots: usize,
+    pub context: usize,
+    pub ms: f64,
+}
+
+/// A decode step at equal context with 1 image and with all of them.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct MediaCost {
+    pub context: usize,
+    pub one_image_p50_ms: f64,
+    pub images: usize,
+    pub many_images_p50_ms: f64,
+    pub ratio: f64,
+}
+
+/// `--baseline`: the other export's decode, timed alternately.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Baseline {
+    pub model: Option<PathBuf>,
+    pub precision: flamingo_contract::Precision,
+    pub decode: Vec<Versus>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Versus {
+    pub shots: usize,
+    pub batch: usize,
+    pub prompt_tokens: usize,
+    pub p50_ms: f64,
+    pub baseline_p50_ms: f64,
+    pub speedup: f64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Percentiles {
+    pub p50_ms: f64,
+    pub p90_ms: f64,
+    pub p99_ms: f64,
+    pub mean_ms: f64,
 }
 
 fn percentiles(mut v: Vec<f64>) -> Percentiles {
@@ -283,14 +371,14 @@ pub fn run(a: Args) -> Result<()> {
     let peak_reset = reset_peak_rss();
     let m = model.manifest.clone();
     let d = &m.model.decoder;
-    let data_bytes = |g: &flamingo_export::manifest::GraphInfo| {
+    let data_bytes = |g: &flamingo_contract::GraphInfo| {
         g.data_file
             .as_ref()
             .and_then(|f| std::fs::metadata(a.model.join(f)).ok())
             .map(|x| x.len())
             .unwrap_or(0)
     };
-    let decoder = m.graph("decoder")?;
+    let decoder = m.graph(flamingo_contract::GraphRole::Decoder)?;
     // a table read only by lookups (a quantised export's float embedding)
     // gives one row per token, not its size
     let weight_bytes = data_bytes(decoder)
@@ -348,11 +436,11 @@ pub fn run(a: Args) -> Result<()> {
             let kvb = kv1.select(&vec![0; b]);
             let r = decode_run(&mut model, &a, &ids, &mt, t, &kvb, b)?;
             if b == 1 {
-                context_curve.extend(
-                    r.curve
-                        .iter()
-                        .map(|(ctx, ms)| json!({"shots": k, "context": ctx, "ms": ms})),
-                );
+                context_curve.extend(r.curve.iter().map(|&(context, ms)| ContextPoint {
+                    shots: k,
+                    context,
+                    ms,
+                }));
             }
             if let (Some(bm), Some(bt)) = (base.as_mut(), base_tokens.as_ref()) {
                 let (p, dd) = (bt.shape()[1], bt.shape()[2]);
@@ -366,28 +454,40 @@ pub fn run(a: Args) -> Result<()> {
                     mine.extend(decode_run(&mut model, &a, &ids, &mt, t, &kvb, b)?.steps);
                 }
                 let (p50, base_p50) = (median(mine), median(theirs));
-                versus.push(json!({
-                    "shots": k, "batch": b, "prompt_tokens": n, "p50_ms": p50,
-                    "baseline_p50_ms": base_p50, "speedup": base_p50 / p50,
-                }));
+                versus.push(Versus {
+                    shots: k,
+                    batch: b,
+                    prompt_tokens: n,
+                    p50_ms: p50,
+                    baseline_p50_ms: base_p50,
+                    speedup: base_p50 / p50,
+                });
             }
             let pct = percentiles(r.steps);
             if b == 1 {
                 decode_p50_b1.push((k, t, n, pct.p50_ms));
             }
-            decode_out.push(json!({
-                "shots": k, "batch": b, "prompt_tokens": n,
-                "prefill_ms": r.prefill_ms, "time_to_first_token_ms": r.prefill_ms + media_ms + vision_ms * t as f64,
-                "decode": pct, "tokens_per_s": b as f64 / (pct.mean_ms / 1e3),
-                "roofline_ratio": pct.p50_ms / roofline_ms,
-            }));
+            decode_out.push(DecodeRow {
+                shots: k,
+                batch: b,
+                prompt_tokens: n,
+                prefill_ms: r.prefill_ms,
+                time_to_first_token_ms: r.prefill_ms + media_ms + vision_ms * t as f64,
+                tokens_per_s: b as f64 / (pct.mean_ms / 1e3),
+                roofline_ratio: pct.p50_ms / roofline_ms,
+                decode: pct,
+            });
         }
         if k == 0 {
             kv_one = Some(kv1);
         } else if Some(k) == a.shots.iter().copied().max() {
             many_kv = Some(kv1);
         }
-        shots_out.push(json!({"shots": k, "images": t, "resampler_media_kv_ms": media_ms}));
+        shots_out.push(MediaRow {
+            shots: k,
+            images: t,
+            resampler_media_kv_ms: media_ms,
+        });
     }
     // The media K/V cache pays off when a decode step costs the same with 1
     // and with many images: the longest prompt again, its other images'
@@ -413,31 +513,47 @@ pub fn run(a: Args) -> Result<()> {
                 many.extend(decode_run(&mut model, &a, &many_ids, &many_mt, t, &kv_many, 1)?.steps);
             }
             let (one_ms, many_ms) = (median(one), median(many));
-            Some(json!({
-                "context": n, "one_image_p50_ms": one_ms, "images": t,
-                "many_images_p50_ms": many_ms, "ratio": many_ms / one_ms,
-            }))
+            Some(MediaCost {
+                context: n,
+                one_image_p50_ms: one_ms,
+                images: t,
+                many_images_p50_ms: many_ms,
+                ratio: many_ms / one_ms,
+            })
         }
         _ => None,
     };
-    let providers: Vec<_> = model
+    let providers = model
         .providers()
         .into_iter()
-        .map(|(g, p)| json!({"graph": g, "provider": p}))
+        .map(|(graph, provider)| Provider { graph, provider })
         .collect();
-    let report = json!({
-        "model": a.model, "backend": a.backend.as_str(), "precision": m.precision, "providers": providers,
-        "load_ms": load_ms, "preprocess_ms": pre_ms, "vision_encoder_ms_per_image": vision_ms,
-        "media": shots_out, "decode": decode_out, "media_cost_at_equal_context": media_cost, "decode_vs_context": context_curve,
-        "memory_bandwidth_gb_s": bandwidth / 1e9, "decoder_weight_bytes": weight_bytes,
-        "roofline_decode_ms": roofline_ms, "weight_bytes": all_weight_bytes,
-        "load_peak_rss_bytes": load_peak, "rss_after_load_bytes": rss_loaded,
-        "peak_rss_bytes": load_peak.max(peak_rss()),
-        "run_peak_rss_bytes": if peak_reset { Some(peak_rss()) } else { None },
-        "baseline": base.as_ref().map(|b| json!({
-            "model": a.baseline, "precision": b.manifest.precision, "decode": versus,
-        })),
-    });
+    let report = Report {
+        model: a.model.clone(),
+        backend: a.backend.as_str().into(),
+        precision: m.precision,
+        providers,
+        load_ms,
+        preprocess_ms: pre_ms,
+        vision_encoder_ms_per_image: vision_ms,
+        media: shots_out,
+        decode: decode_out,
+        media_cost_at_equal_context: media_cost,
+        decode_vs_context: context_curve,
+        memory_bandwidth_gb_s: bandwidth / 1e9,
+        decoder_weight_bytes: weight_bytes,
+        roofline_decode_ms: roofline_ms,
+        weight_bytes: all_weight_bytes,
+        load_peak_rss_bytes: load_peak,
+        rss_after_load_bytes: rss_loaded,
+        peak_rss_bytes: load_peak.max(peak_rss()),
+        run_peak_rss_bytes: peak_reset.then(peak_rss),
+        baseline: base.as_ref().map(|b| Baseline {
+            model: a.baseline.clone(),
+            precision: b.manifest.precision,
+            decode: versus,
+        }),
+    };
     if let Some(p) = &a.plot {
         crate::plot::write(&report, p)?;
     }
@@ -457,42 +573,34 @@ pub fn run(a: Args) -> Result<()> {
         weight_bytes as f64 / 1e9
     );
     println!("preprocess {pre_ms:.2} ms/image, vision encoder {vision_ms:.1} ms/image");
-    for s in &shots_out {
+    for s in &report.media {
         println!(
             "{} shots ({} images): resampler + media K/V {:.1} ms",
-            s["shots"],
-            s["images"],
-            s["resampler_media_kv_ms"].as_f64().unwrap_or(0.0)
+            s.shots, s.images, s.resampler_media_kv_ms
         );
     }
     println!(
         "{:>5} {:>5} {:>7} {:>10} {:>9} {:>9} {:>9} {:>9} {:>8}",
         "shots", "batch", "prompt", "TTFT ms", "p50 ms", "p90 ms", "p99 ms", "tok/s", "xroof"
     );
-    for r in &decode_out {
-        let f = |k: &str| r[k].as_f64().unwrap_or(0.0);
-        let dd = |k: &str| r["decode"][k].as_f64().unwrap_or(0.0);
+    for r in &report.decode {
         println!(
             "{:>5} {:>5} {:>7} {:>10.1} {:>9.2} {:>9.2} {:>9.2} {:>9.1} {:>8.2}",
-            r["shots"],
-            r["batch"],
-            r["prompt_tokens"],
-            f("time_to_first_token_ms"),
-            dd("p50_ms"),
-            dd("p90_ms"),
-            dd("p99_ms"),
-            f("tokens_per_s"),
-            f("roofline_ratio")
+            r.shots,
+            r.batch,
+            r.prompt_tokens,
+            r.time_to_first_token_ms,
+            r.decode.p50_ms,
+            r.decode.p90_ms,
+            r.decode.p99_ms,
+            r.tokens_per_s,
+            r.roofline_ratio
         );
     }
-    if let Some(c) = &media_cost {
+    if let Some(c) = &report.media_cost_at_equal_context {
         println!(
             "decode step at {} tokens of context: {:.2} ms with 1 image, {:.2} ms with {} images ({:.2}x)",
-            c["context"],
-            c["one_image_p50_ms"].as_f64().unwrap_or(0.0),
-            c["many_images_p50_ms"].as_f64().unwrap_or(0.0),
-            c["images"],
-            c["ratio"].as_f64().unwrap_or(0.0)
+            c.context, c.one_image_p50_ms, c.many_images_p50_ms, c.images, c.ratio
         );
     }
     if let Some(b) = &base {
@@ -504,16 +612,10 @@ pub fn run(a: Args) -> Result<()> {
                 .display(),
             b.manifest.precision
         );
-        for v in &versus {
-            let f = |k: &str| v[k].as_f64().unwrap_or(0.0);
+        for v in report.baseline.iter().flat_map(|b| &b.decode) {
             println!(
                 "  {} shots, batch {}, {} prompt tokens: {:.2} ms vs {:.2} ms ({:.2}x faster)",
-                v["shots"],
-                v["batch"],
-                v["prompt_tokens"],
-                f("p50_ms"),
-                f("baseline_p50_ms"),
-                f("speedup")
+                v.shots, v.batch, v.prompt_tokens, v.p50_ms, v.baseline_p50_ms, v.speedup
             );
         }
     }
@@ -535,7 +637,7 @@ pub fn run(a: Args) -> Result<()> {
 /// Bytes of the initializers of the graph at `path` that only `Gather`s
 /// read, as their data: embedding tables, of which a step reads a row.
 fn looked_up_bytes(path: &std::path::Path) -> Result<u64> {
-    let (g, _) = flamingo_export::onnx_read::read(path)?;
+    let (g, _) = flamingo_graphs::onnx::read(path)?;
     // initializer -> (readers, of which lookups)
     let mut reads: std::collections::HashMap<&str, (usize, usize)> = g
         .initializers

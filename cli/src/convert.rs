@@ -30,7 +30,7 @@ pub fn run(a: Args) -> Result<()> {
         &a.out,
         a.force,
         a.json,
-        "fp16",
+        flamingo_contract::Precision::Fp16,
         "converted",
         &|_, g| flamingo_calibration::fp16::to_fp16(g).map(Some),
     )
@@ -43,12 +43,12 @@ pub fn rewrite_export(
     out: &std::path::Path,
     force: bool,
     json: bool,
-    precision: &str,
+    precision: flamingo_contract::Precision,
     verb: &str,
     rewrite: flamingo_calibration::convert::RoleRewrite,
 ) -> Result<()> {
-    let src = flamingo_export::Manifest::load(input)?;
-    if src.precision != "fp32" {
+    let src = flamingo_contract::Manifest::load(input)?;
+    if src.precision != flamingo_contract::Precision::Fp32 {
         bail!(
             "{} is already {}; start from an fp32 export",
             input.display(),

@@ -49,7 +49,7 @@ pub fn run(a: Args) -> Result<()> {
     let rewrite = match a.precision.as_str() {
         "fp32" => None,
         "fp16" => Some((
-            "fp16".to_string(),
+            flamingo_contract::Precision::Fp16,
             flamingo_calibration::fp16::to_fp16 as flamingo_export::Rewrite,
         )),
         other => anyhow::bail!("unknown --precision {other} (fp32 or fp16)"),

@@ -3,8 +3,7 @@
 use std::path::PathBuf;
 
 use anyhow::Result;
-use flamingo_export::manifest::TensorInfo;
-use flamingo_export::Manifest;
+use flamingo_contract::{Manifest, TensorInfo};
 
 #[derive(clap::Args)]
 pub struct Args {

@@ -1,302 +1,198 @@
-//! `flamingo bench --plot FILE.png`: the bench report as a chart, drawn
-//! without a plotting or font dependency (a 5x7 bitmap font, lines, bars).
+//! `flamingo bench --plot FILE.png`: the bench [`Report`] as a chart, drawn
+//! with plotters' bitmap backend and a font embedded in the binary (Hack,
+//! from `epaint_default_fonts`: no system fonts needed), encoded as PNG.
 //!
 //! Left: decode latency (batch 1) against context length, one series per
 //! shot count. Right: the per-stage breakdown of the largest prompt.
 
 use std::path::Path;
 
-use anyhow::{Context, Result};
-use image::{Rgb, RgbImage};
-use serde_json::Value;
+use anyhow::{anyhow, Context, Result};
+use plotters::coord::Shift;
+use plotters::prelude::*;
+
+use crate::bench::Report;
 
 const W: u32 = 1100;
 const H: u32 = 480;
-const SCALE: u32 = 2;
-const BG: Rgb<u8> = Rgb([255, 255, 255]);
-const INK: Rgb<u8> = Rgb([30, 30, 30]);
-const GRID: Rgb<u8> = Rgb([225, 225, 225]);
-const SERIES: [Rgb<u8>; 6] = [
-    Rgb([31, 119, 180]),
-    Rgb([255, 127, 14]),
-    Rgb([44, 160, 44]),
-    Rgb([214, 39, 40]),
-    Rgb([148, 103, 189]),
-    Rgb([140, 86, 75]),
+const FONT: &str = "flamingo-sans";
+const SERIES: [RGBColor; 6] = [
+    RGBColor(31, 119, 180),
+    RGBColor(255, 127, 14),
+    RGBColor(44, 160, 44),
+    RGBColor(214, 39, 40),
+    RGBColor(148, 103, 189),
+    RGBColor(140, 86, 75),
 ];
 
-/// 5x7 glyphs, one row per byte (bit 4 = leftmost column).
-fn glyph(c: char) -> [u8; 7] {
-    match c.to_ascii_uppercase() {
-        '0' => [0x0E, 0x11, 0x13, 0x15, 0x19, 0x11, 0x0E],
-        '1' => [0x04, 0x0C, 0x04, 0x04, 0x04, 0x04, 0x0E],
-        '2' => [0x0E, 0x11, 0x01, 0x02, 0x04, 0x08, 0x1F],
-        '3' => [0x1F, 0x02, 0x04, 0x02, 0x01, 0x11, 0x0E],
-        '4' => [0x02, 0x06, 0x0A, 0x12, 0x1F, 0x02, 0x02],
-        '5' => [0x1F, 0x10, 0x1E, 0x01, 0x01, 0x11, 0x0E],
-        '6' => [0x06, 0x08, 0x10, 0x1E, 0x11, 0x11, 0x0E],
-        '7' => [0x1F, 0x01, 0x02, 0x04, 0x08, 0x08, 0x08],
-        '8' => [0x0E, 0x11, 0x11, 0x0E, 0x11, 0x11, 0x0E],
-        '9' => [0x0E, 0x11, 0x11, 0x0F, 0x01, 0x02, 0x0C],
-        'A' => [0x0E, 0x11, 0x11, 0x11, 0x1F, 0x11, 0x11],
-        'B' => [0x1E, 0x11, 0x11, 0x1E, 0x11, 0x11, 0x1E],
-        'C' => [0x0E, 0x11, 0x10, 0x10, 0x10, 0x11, 0x0E],
-        'D' => [0x1C, 0x12, 0x11, 0x11, 0x11, 0x12, 0x1C],
-        'E' => [0x1F, 0x10, 0x10, 0x1E, 0x10, 0x10, 0x1F],
-        'F' => [0x1F, 0x10, 0x10, 0x1E, 0x10, 0x10, 0x10],
-        'G' => [0x0E, 0x11, 0x10, 0x17, 0x11, 0x11, 0x0F],
-        'H' => [0x11, 0x11, 0x11, 0x1F, 0x11, 0x11, 0x11],
-        'I' => [0x0E, 0x04, 0x04, 0x04, 0x04, 0x04, 0x0E],
-        'J' => [0x07, 0x02, 0x02, 0x02, 0x02, 0x12, 0x0C],
-        'K' => [0x11, 0x12, 0x14, 0x18, 0x14, 0x12, 0x11],
-        'L' => [0x10, 0x10, 0x10, 0x10, 0x10, 0x10, 0x1F],
-        'M' => [0x11, 0x1B, 0x15, 0x15, 0x11, 0x11, 0x11],
-        'N' => [0x11, 0x11, 0x19, 0x15, 0x13, 0x11, 0x11],
-        'O' => [0x0E, 0x11, 0x11, 0x11, 0x11, 0x11, 0x0E],
-        'P' => [0x1E, 0x11, 0x11, 0x1E, 0x10, 0x10, 0x10],
-        'Q' => [0x0E, 0x11, 0x11, 0x11, 0x15, 0x12, 0x0D],
-        'R' => [0x1E, 0x11, 0x11, 0x1E, 0x14, 0x12, 0x11],
-        'S' => [0x0F, 0x10, 0x10, 0x0E, 0x01, 0x01, 0x1E],
-        'T' => [0x1F, 0x04, 0x04, 0x04, 0x04, 0x04, 0x04],
-        'U' => [0x11, 0x11, 0x11, 0x11, 0x11, 0x11, 0x0E],
-        'V' => [0x11, 0x11, 0x11, 0x11, 0x11, 0x0A, 0x04],
-        'W' => [0x11, 0x11, 0x11, 0x15, 0x15, 0x15, 0x0A],
-        'X' => [0x11, 0x11, 0x0A, 0x04, 0x0A, 0x11, 0x11],
-        'Y' => [0x11, 0x11, 0x11, 0x0A, 0x04, 0x04, 0x04],
-        'Z' => [0x1F, 0x01, 0x02, 0x04, 0x08, 0x10, 0x1F],
-        '.' => [0, 0, 0, 0, 0, 0x0C, 0x0C],
-        ',' => [0, 0, 0, 0, 0x0C, 0x04, 0x08],
-        ':' => [0, 0x0C, 0x0C, 0, 0x0C, 0x0C, 0],
-        '/' => [0, 0x01, 0x02, 0x04, 0x08, 0x10, 0],
-        '-' => [0, 0, 0, 0x1F, 0, 0, 0],
-        '+' => [0, 0x04, 0x04, 0x1F, 0x04, 0x04, 0],
-        '=' => [0, 0, 0x1F, 0, 0x1F, 0, 0],
-        '(' => [0x02, 0x04, 0x08, 0x08, 0x08, 0x04, 0x02],
-        ')' => [0x08, 0x04, 0x02, 0x02, 0x02, 0x04, 0x08],
-        '%' => [0x18, 0x19, 0x02, 0x04, 0x08, 0x13, 0x03],
-        '_' => [0, 0, 0, 0, 0, 0, 0x1F],
-        ' ' => [0; 7],
-        _ => [0x0E, 0x11, 0x01, 0x02, 0x04, 0, 0x04],
-    }
+fn register_font() -> Result<()> {
+    static ONCE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let ok = *ONCE.get_or_init(|| {
+        plotters::style::register_font(FONT, FontStyle::Normal, epaint_default_fonts::HACK_REGULAR)
+            .is_ok()
+    });
+    ok.then_some(())
+        .ok_or_else(|| anyhow!("the embedded chart font did not load"))
 }
 
-struct Canvas(RgbImage);
-
-impl Canvas {
-    fn put(&mut self, x: i64, y: i64, c: Rgb<u8>) {
-        if x >= 0 && y >= 0 && (x as u32) < W && (y as u32) < H {
-            self.0.put_pixel(x as u32, y as u32, c);
-        }
-    }
-
-    fn rect(&mut self, x0: i64, y0: i64, x1: i64, y1: i64, c: Rgb<u8>) {
-        for y in y0.min(y1)..=y0.max(y1) {
-            for x in x0.min(x1)..=x0.max(x1) {
-                self.put(x, y, c);
-            }
-        }
-    }
-
-    /// A line of width `w` (Bresenham, squares at each step).
-    fn line(&mut self, (x0, y0): (i64, i64), (x1, y1): (i64, i64), w: i64, c: Rgb<u8>) {
-        let (dx, dy) = ((x1 - x0).abs(), -(y1 - y0).abs());
-        let (sx, sy) = (if x0 < x1 { 1 } else { -1 }, if y0 < y1 { 1 } else { -1 });
-        let (mut x, mut y, mut e) = (x0, y0, dx + dy);
-        loop {
-            self.rect(x - w / 2, y - w / 2, x + (w - 1) / 2, y + (w - 1) / 2, c);
-            if x == x1 && y == y1 {
-                break;
-            }
-            let e2 = 2 * e;
-            if e2 >= dy {
-                e += dy;
-                x += sx;
-            }
-            if e2 <= dx {
-                e += dx;
-                y += sy;
-            }
-        }
-    }
-
-    fn text_width(s: &str) -> i64 {
-        (s.chars().count() as u32 * 6 * SCALE) as i64
-    }
-
-    /// `s` with its top-left corner at `(x, y)`.
-    fn text(&mut self, x: i64, y: i64, s: &str, c: Rgb<u8>) {
-        let k = SCALE as i64;
-        for (i, ch) in s.chars().enumerate() {
-            let g = glyph(ch);
-            let ox = x + i as i64 * 6 * k;
-            for (row, bits) in g.iter().enumerate() {
-                for col in 0..5 {
-                    if bits & (0x10 >> col) != 0 {
-                        let (px, py) = (ox + col * k, y + row as i64 * k);
-                        self.rect(px, py, px + k - 1, py + k - 1, c);
-                    }
-                }
-            }
-        }
-    }
-}
-
-/// A round axis step giving about `n` ticks over `max`.
-fn nice_step(max: f64, n: f64) -> f64 {
-    let raw = (max / n).max(1e-9);
-    let mag = 10f64.powf(raw.log10().floor());
-    [1.0, 2.0, 2.5, 5.0, 10.0]
-        .iter()
-        .map(|m| m * mag)
-        .find(|s| *s >= raw)
-        .unwrap_or(10.0 * mag)
-}
-
-fn fmt(v: f64) -> String {
-    if v >= 100.0 || v == v.round() {
-        format!("{v:.0}")
-    } else if v >= 10.0 {
-        format!("{v:.1}")
-    } else {
-        format!("{v:.2}")
-    }
+fn err(e: impl std::fmt::Display) -> anyhow::Error {
+    anyhow!("drawing the chart: {e}")
 }
 
 /// Decode latency against context length (batch 1, one series per shots).
-fn latency_panel(cv: &mut Canvas, report: &Value, (x0, y0, x1, y1): (i64, i64, i64, i64)) {
-    let pts: Vec<(u64, f64, f64)> = report["decode_vs_context"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|p| {
-            Some((
-                p["shots"].as_u64()?,
-                p["context"].as_f64()?,
-                p["ms"].as_f64()?,
-            ))
-        })
-        .collect();
-    cv.text(x0, y0 - 34, "DECODE MS/TOKEN VS CONTEXT (BATCH 1)", INK);
-    let xmax = pts.iter().map(|p| p.1).fold(1.0, f64::max) * 1.05;
-    let ymax = pts.iter().map(|p| p.2).fold(1e-3, f64::max) * 1.1;
-    let (xs, ys) = (nice_step(xmax, 5.0), nice_step(ymax, 5.0));
-    let px = |x: f64| x0 + ((x / xmax) * (x1 - x0) as f64) as i64;
-    let py = |y: f64| y1 - ((y / ymax) * (y1 - y0) as f64) as i64;
-    let mut t = 0.0;
-    while t <= ymax {
-        cv.line((x0, py(t)), (x1, py(t)), 1, GRID);
-        let l = fmt(t);
-        cv.text(x0 - Canvas::text_width(&l) - 6, py(t) - 7, &l, INK);
-        t += ys;
-    }
-    let mut t = 0.0;
-    while t <= xmax {
-        cv.line((px(t), y1), (px(t), y1 + 5), 1, INK);
-        let l = fmt(t);
-        cv.text(px(t) - Canvas::text_width(&l) / 2, y1 + 10, &l, INK);
-        t += xs;
-    }
-    cv.line((x0, y0), (x0, y1), 2, INK);
-    cv.line((x0, y1), (x1, y1), 2, INK);
-    cv.text((x0 + x1) / 2 - 100, y1 + 32, "CONTEXT (TOKENS)", INK);
-    let mut shots: Vec<u64> = pts.iter().map(|p| p.0).collect();
+fn latency_panel(area: &DrawingArea<BitMapBackend, Shift>, report: &Report) -> Result<()> {
+    let pts = &report.decode_vs_context;
+    let xmax = pts.iter().map(|p| p.context as f64).fold(1.0, f64::max) * 1.05;
+    let ymax = pts.iter().map(|p| p.ms).fold(1e-3, f64::max) * 1.1;
+    let mut chart = ChartBuilder::on(area)
+        .caption(
+            "decode ms/token vs context (batch 1)",
+            (FONT, 18).into_font(),
+        )
+        .margin(12)
+        .x_label_area_size(36)
+        .y_label_area_size(52)
+        .build_cartesian_2d(0f64..xmax, 0f64..ymax)
+        .map_err(err)?;
+    chart
+        .configure_mesh()
+        .x_desc("context (tokens)")
+        .y_desc("ms")
+        .label_style((FONT, 13))
+        .draw()
+        .map_err(err)?;
+    let mut shots: Vec<usize> = pts.iter().map(|p| p.shots).collect();
     shots.dedup();
     for (si, s) in shots.iter().enumerate() {
         let c = SERIES[si % SERIES.len()];
-        let series: Vec<(i64, i64)> = pts
+        let series: Vec<(f64, f64)> = pts
             .iter()
-            .filter(|p| p.0 == *s)
-            .map(|p| (px(p.1), py(p.2)))
+            .filter(|p| p.shots == *s)
+            .map(|p| (p.context as f64, p.ms))
             .collect();
-        for w in series.windows(2) {
-            cv.line(w[0], w[1], 2, c);
-        }
-        for p in &series {
-            cv.rect(p.0 - 2, p.1 - 2, p.0 + 2, p.1 + 2, c);
-        }
-        // legend below the axis title, side by side
-        let lx = x0 + si as i64 * 130;
-        cv.rect(lx, y1 + 58, lx + 12, y1 + 68, c);
-        cv.text(lx + 20, y1 + 56, &format!("{s} SHOTS"), INK);
+        chart
+            .draw_series(LineSeries::new(series.clone(), c.stroke_width(2)))
+            .map_err(err)?
+            .label(format!("{s} shots"))
+            .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], c.filled()));
+        chart
+            .draw_series(series.iter().map(|&p| Circle::new(p, 3, c.filled())))
+            .map_err(err)?;
     }
+    chart
+        .configure_series_labels()
+        .label_font((FONT, 13))
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()
+        .map_err(err)?;
+    Ok(())
+}
+
+/// The stages of the largest prompt at batch 1, in ms.
+pub fn stages(report: &Report) -> (usize, usize, Vec<(&'static str, f64)>) {
+    let b1 = report
+        .decode
+        .iter()
+        .filter(|d| d.batch == 1)
+        .max_by_key(|d| d.shots)
+        .or_else(|| report.decode.first());
+    let shots = b1.map_or(0, |d| d.shots);
+    let media = report.media.iter().find(|m| m.shots == shots);
+    let images = media.map_or(1, |m| m.images);
+    let stages = vec![
+        ("preprocess", report.preprocess_ms * images as f64),
+        ("vision", report.vision_encoder_ms_per_image * images as f64),
+        (
+            "resampler+kv",
+            media.map_or(0.0, |m| m.resampler_media_kv_ms),
+        ),
+        ("prefill", b1.map_or(0.0, |d| d.prefill_ms)),
+        ("decode p50", b1.map_or(0.0, |d| d.decode.p50_ms)),
+    ];
+    (shots, images, stages)
 }
 
 /// Per-stage times of the largest prompt at batch 1 (horizontal bars).
-fn stages_panel(cv: &mut Canvas, report: &Value, (x0, y0, x1, y1): (i64, i64, i64, i64)) {
-    let dec = report["decode"].as_array().cloned().unwrap_or_default();
-    let b1 = dec
-        .iter()
-        .filter(|d| d["batch"] == 1)
-        .max_by_key(|d| d["shots"].as_u64().unwrap_or(0))
-        .or_else(|| dec.first());
-    let shots = b1.and_then(|d| d["shots"].as_u64()).unwrap_or(0);
-    let media = report["media"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|m| m["shots"].as_u64() == Some(shots));
-    let images = media.and_then(|m| m["images"].as_f64()).unwrap_or(1.0);
-    let f = |v: &Value| v.as_f64().unwrap_or(0.0);
-    let stages = [
-        ("PREPROCESS", f(&report["preprocess_ms"]) * images),
-        ("VISION", f(&report["vision_encoder_ms_per_image"]) * images),
-        (
-            "RESAMPLER+KV",
-            media.map(|m| f(&m["resampler_media_kv_ms"])).unwrap_or(0.0),
-        ),
-        ("PREFILL", b1.map(|d| f(&d["prefill_ms"])).unwrap_or(0.0)),
-        (
-            "DECODE P50",
-            b1.map(|d| f(&d["decode"]["p50_ms"])).unwrap_or(0.0),
-        ),
-    ];
-    cv.text(
-        x0,
-        y0 - 34,
-        &format!("STAGES, {shots} SHOTS ({images} IMAGES), MS"),
-        INK,
-    );
-    let label_w = Canvas::text_width("RESAMPLER+KV") + 12;
-    let max = stages.iter().map(|s| s.1).fold(1e-3, f64::max);
-    let bar_h = ((y1 - y0) / stages.len() as i64 - 14).max(8);
-    for (i, (name, ms)) in stages.iter().enumerate() {
-        let y = y0 + i as i64 * (bar_h + 14);
-        cv.text(x0, y + bar_h / 2 - 7, name, INK);
-        let bx0 = x0 + label_w;
-        let span = (x1 - bx0 - 90) as f64;
-        let bx1 = bx0 + ((ms / max) * span) as i64;
-        cv.rect(
-            bx0,
-            y,
-            bx1.max(bx0 + 1),
-            y + bar_h,
-            SERIES[i % SERIES.len()],
-        );
-        cv.text(bx1 + 8, y + bar_h / 2 - 7, &fmt(*ms), INK);
+fn stages_panel(area: &DrawingArea<BitMapBackend, Shift>, report: &Report) -> Result<()> {
+    let (shots, images, stages) = stages(report);
+    let max = stages.iter().map(|s| s.1).fold(1e-3, f64::max) * 1.25;
+    let n = stages.len() as f64;
+    let mut chart = ChartBuilder::on(area)
+        .caption(
+            format!("stages, {shots} shots ({images} images), ms"),
+            (FONT, 18).into_font(),
+        )
+        .margin(12)
+        .x_label_area_size(30)
+        .y_label_area_size(110)
+        .build_cartesian_2d(0f64..max, 0f64..n)
+        .map_err(err)?;
+    let names: Vec<&str> = stages.iter().map(|s| s.0).collect();
+    chart
+        .configure_mesh()
+        .disable_y_mesh()
+        .y_labels(stages.len() * 2 + 1)
+        .y_label_formatter(&|y| {
+            let i = (n - y - 0.5).round();
+            let centred = (n - y - 0.5 - i).abs() < 1e-6;
+            match (centred, names.get(i as usize)) {
+                (true, Some(name)) if i >= 0.0 => name.to_string(),
+                _ => String::new(),
+            }
+        })
+        .label_style((FONT, 13))
+        .draw()
+        .map_err(err)?;
+    for (i, (_, ms)) in stages.iter().enumerate() {
+        let y = n - i as f64;
+        let c = SERIES[i % SERIES.len()];
+        chart
+            .draw_series(std::iter::once(Rectangle::new(
+                [(0.0, y - 0.8), (*ms, y - 0.2)],
+                c.filled(),
+            )))
+            .map_err(err)?;
+        chart
+            .draw_series(std::iter::once(Text::new(
+                format!("{ms:.1}"),
+                (*ms + max * 0.01, y - 0.6),
+                (FONT, 13).into_font(),
+            )))
+            .map_err(err)?;
     }
+    Ok(())
 }
 
-/// Draws the chart of a `flamingo bench --json` report.
-pub fn chart(report: &Value) -> RgbImage {
-    let mut cv = Canvas(RgbImage::from_pixel(W, H, BG));
-    let title = format!(
-        "FLAMINGO BENCH: {} ON {} ({})",
-        report["model"]
-            .as_str()
-            .and_then(|m| Path::new(m).file_name()?.to_str())
-            .unwrap_or("MODEL"),
-        report["backend"].as_str().unwrap_or(""),
-        report["precision"].as_str().unwrap_or("")
-    );
-    cv.text(20, 14, &title, INK);
-    latency_panel(&mut cv, report, (90, 100, 560, 400));
-    stages_panel(&mut cv, report, (620, 100, W as i64 - 20, 420));
-    cv.0
+/// The chart of a bench report as RGB pixels (`W` x `H`).
+pub fn chart(report: &Report) -> Result<image::RgbImage> {
+    register_font()?;
+    let mut buf = vec![255u8; (W * H * 3) as usize];
+    {
+        let root = BitMapBackend::with_buffer(&mut buf, (W, H)).into_drawing_area();
+        root.fill(&WHITE).map_err(err)?;
+        let title = format!(
+            "flamingo bench: {} on {} ({})",
+            report
+                .model
+                .file_name()
+                .and_then(|m| m.to_str())
+                .unwrap_or("model"),
+            report.backend,
+            report.precision
+        );
+        let root = root.titled(&title, (FONT, 22).into_font()).map_err(err)?;
+        let (left, right) = root.split_horizontally(W / 2);
+        latency_panel(&left, report)?;
+        stages_panel(&right, report)?;
+        root.present().map_err(err)?;
+    }
+    image::RgbImage::from_raw(W, H, buf).ok_or_else(|| anyhow!("chart buffer of the wrong size"))
 }
 
 /// Writes the chart as PNG (temp file, then rename).
-pub fn write(report: &Value, path: &Path) -> Result<()> {
-    let img = chart(report);
+pub fn write(report: &Report, path: &Path) -> Result<()> {
+    let img = chart(report)?;
     let tmp = path.with_extension(format!("png.partial-{}", std::process::id()));
     img.save_with_format(&tmp, image::ImageFormat::Png)
         .with_context(|| format!("writing {}", tmp.display()))?;

@@ -4,10 +4,11 @@ use std::path::PathBuf;
 
 use std::io::IsTerminal;
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 use flamingo_calibration::weights::{
-    quantize_decoder, quantize_weights_opts, BlockOptions, WeightBits,
+    quantize_decoder, quantize_weights_opts, BlockOptions, WeightBits, WeightKind,
 };
+use flamingo_contract::GraphRole;
 use flamingo_runtime::BackendKind;
 
 #[derive(clap::Args)]
@@ -20,8 +21,8 @@ pub struct Args {
     /// int4-flamingo (symmetric int4 blocks in this runtime's own kernel
     /// inside ONNX Runtime, int8 activations per 32 as int4's: the fastest
     /// decode on AVX2 CPUs; flamingo's ort-cpu backend only)
-    #[arg(long)]
-    weights: String,
+    #[arg(long, value_enum)]
+    weights: WeightKind,
     /// Block size along K (int8-ort, int4, int4-flamingo) [default: 32]
     #[arg(long)]
     block_size: Option<usize>,
@@ -65,60 +66,17 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> Result<()> {
-    let block_size = a.block_size.unwrap_or(32);
-    let bits = match a.weights.as_str() {
-        "int8" => WeightBits::Int8,
-        "int8-ort" => WeightBits::Int8Ort { block_size },
-        "int4" => WeightBits::Int4 { block_size },
-        "int8-flamingo" => WeightBits::Int8Flamingo,
-        "int4-flamingo" => WeightBits::Int4Flamingo { block_size },
-        other => bail!(
-            "--weights {other}: expected int8, int8-ort, int8-flamingo, int4 or int4-flamingo"
-        ),
-    };
-    if a.block_size.is_some() && matches!(bits, WeightBits::Int8 | WeightBits::Int8Flamingo) {
-        bail!(
-            "--block-size applies to --weights int8-ort, int4 and int4-flamingo; {} is per channel",
-            a.weights
-        );
-    }
-    let unit = flamingo_runtime::int4_matmul::BLOCK;
-    if matches!(bits, WeightBits::Int4Flamingo { .. })
-        && (block_size < unit || !block_size.is_power_of_two())
-    {
-        bail!(
-            "--block-size {block_size}: int4-flamingo's blocks are a power of two, at least {unit}"
-        );
-    }
-    if matches!(bits, WeightBits::Int4Flamingo { .. }) && a.symmetric {
-        bail!("--symmetric applies to --weights int8-ort and int4; int4-flamingo is symmetric");
-    }
-    let vision = a.include_vision;
+    let bits = WeightBits::new(a.weights, a.block_size).map_err(anyhow::Error::msg)?;
     let opts = BlockOptions {
         symmetric: a.symmetric,
         head_bits: a.head_bits,
         plain_kv_cache: a.plain_kv_cache,
     };
-    if bits == WeightBits::Int8 && (a.symmetric || a.head_bits != 8 || a.plain_kv_cache) {
-        bail!("--symmetric, --head-bits and --plain-kv-cache apply to --weights int8-ort and int4");
-    }
-    if bits == WeightBits::Int8Flamingo && (a.symmetric || a.head_bits != 8) {
-        bail!(
-            "--symmetric and --head-bits apply to --weights int8-ort and int4; int8-flamingo \
-             is symmetric per channel, the head included"
-        );
-    }
-    if ![4, 8].contains(&a.head_bits) {
-        bail!("--head-bits {}: expected 4 or 8", a.head_bits);
-    }
+    bits.check(&opts, a.data.is_some())
+        .map_err(anyhow::Error::msg)?;
+    let vision = a.include_vision;
     let hessians = match &a.data {
         None => None,
-        Some(_) if bits == WeightBits::Int8 => {
-            bail!(
-                "--data (GPTQ) applies to --weights int4, int8-ort and int8-flamingo; int8 rounds \
-                 per channel"
-            )
-        }
         Some(data) => Some(observe(&a, data)?),
     };
     let gptq = hessians.is_some();
@@ -127,16 +85,16 @@ pub fn run(a: Args) -> Result<()> {
         &a.out,
         a.force,
         a.json,
-        bits.name(),
+        bits.precision(),
         if gptq {
             "quantised (GPTQ)"
         } else {
             "quantised"
         },
         &|role, g| {
-            if vision || role == "decoder" {
+            if vision || role == GraphRole::Decoder {
                 // GPTQ where observed (the decoder), rounding elsewhere
-                if role == "decoder" {
+                if role == GraphRole::Decoder {
                     quantize_decoder(g, bits, hessians.as_ref(), &opts).map(Some)
                 } else {
                     quantize_weights_opts(g, bits, None, &opts).map(Some)

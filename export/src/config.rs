@@ -5,25 +5,12 @@
 
 use std::path::Path;
 
+use flamingo_contract::preprocess::{CLIP_MEAN, CLIP_STD};
+use flamingo_contract::PreprocessConfig;
 use flamingo_graphs::blocks::{Activation, ResamplerConfig, VisionConfig};
-use serde::{Deserialize, Serialize};
 
 use crate::error::{io_err, Error, Result};
 use crate::store::TensorStore;
-
-/// CLIP preprocessing settings (FLAMINGO.md section 3).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct PreprocessConfig {
-    pub image_size: usize,
-    pub mean: [f32; 3],
-    pub std: [f32; 3],
-    pub interpolation: String,
-    pub resize_mode: String,
-}
-
-pub const CLIP_MEAN: [f32; 3] = [0.481_454_66, 0.457_827_5, 0.408_210_73];
-#[allow(clippy::excessive_precision)] // open_clip's constants, verbatim
-pub const CLIP_STD: [f32; 3] = [0.268_629_54, 0.261_302_58, 0.275_777_11];
 
 /// Named open_clip vision towers (as OpenFlamingo loads them).
 pub const VISION_PRESETS: &[(&str, usize, usize, usize, usize, usize, bool)] = &[
@@ -66,13 +53,7 @@ pub fn vision_preset(name: &str) -> Result<(VisionConfig, PreprocessConfig)> {
             },
             eps: 1e-5,
         },
-        PreprocessConfig {
-            image_size,
-            mean: CLIP_MEAN,
-            std: CLIP_STD,
-            interpolation: "bicubic".into(),
-            resize_mode: "shortest".into(),
-        },
+        PreprocessConfig::clip(image_size),
     ))
 }
 

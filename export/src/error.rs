@@ -29,6 +29,8 @@ pub enum Error {
     OutputExists { path: String },
     #[error(transparent)]
     Graph(#[from] flamingo_graphs::Error),
+    #[error(transparent)]
+    Contract(#[from] flamingo_contract::Error),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

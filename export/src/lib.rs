@@ -2,6 +2,17 @@
 //! weights, a Hugging Face LM directory, `checkpoint.pt`, the tokenizer)
 //! without Python and writes the ONNX graphs plus `manifest.json`.
 //!
+//! - [`store`]: one name -> tensor table over memory-mapped files, read by
+//!   [`safetensors`] and by [`zip`] + [`pickle`] (a restricted unpickler:
+//!   nothing in a file is executed);
+//! - [`lm`] and [`family`]: the LM's `config.json` as a typed config per
+//!   family (one file each) and its mapping to the decoder spec;
+//!   [`config`]: the vision tower and the resampler from the tensors;
+//!   [`presets`]: the official shapes with random weights;
+//! - [`export`] / [`export_preset`]: the graphs written into an
+//!   [`output::OutputDir`] (renamed into place when complete), with the
+//!   manifest of `flamingo_contract`.
+//!
 //! ```no_run
 //! use flamingo_export::{export, ExportOptions, NoProgress};
 //! let opts = ExportOptions {
@@ -24,8 +35,7 @@ pub mod config;
 mod error;
 pub mod family;
 pub mod lm;
-pub mod manifest;
-pub mod onnx_read;
+pub mod output;
 pub mod pickle;
 pub mod presets;
 pub mod safetensors;
@@ -35,9 +45,9 @@ mod write;
 pub mod zip;
 
 pub use error::{Error, Result};
-pub use manifest::Manifest;
+pub use output::{hash_files, sha256_file, OutputDir};
 pub use store::TensorStore;
 pub use write::{
-    export, export_preset, hash_files, replace_dir, sha256_file, temp_dir_for, ExportOptions,
-    NoProgress, Progress, Release, Rewrite, Spec,
+    build_decoder_graph, build_media_kv_graph, build_resampler_graph, build_vision_graph, export,
+    export_preset, write_spec, ExportOptions, NoProgress, Progress, Release, Rewrite, Spec,
 };

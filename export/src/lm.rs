@@ -1,82 +1,100 @@
-//! The language model's `config.json`: family and sizes.
+//! The language model's `config.json`, read into its family's typed config,
+//! and the LM's weight files.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use serde_json::Value;
+use serde::Deserialize;
 
 use crate::error::{io_err, Error, Result};
+use crate::family::{self, FamilyConfig};
 
-/// LM families this exporter supports (`model_type` in `config.json`).
-pub const SUPPORTED_FAMILIES: &[&str] = &["mpt", "gpt_neox", "llama"];
-
-#[derive(Clone, Debug)]
+/// An LM's configuration: its family's typed config plus the token ids
+/// every family's config may carry.
+#[derive(Debug)]
 pub struct LmConfig {
     pub model_type: String,
-    pub raw: Value,
+    pub config: Box<dyn FamilyConfig>,
+    pub tokens: TokenIds,
+    /// The config file (named in errors).
     pub path: String,
 }
 
+/// Token ids of `config.json` (any family). Values that are not a single
+/// id (a list, null) are ignored, as transformers' tokenizer-side ids win.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(default)]
+pub struct TokenIds {
+    #[serde(deserialize_with = "lenient_id")]
+    pub pad_token_id: Option<u32>,
+    #[serde(deserialize_with = "lenient_id")]
+    pub eos_token_id: Option<u32>,
+    #[serde(deserialize_with = "lenient_id")]
+    pub bos_token_id: Option<u32>,
+}
+
+fn lenient_id<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
+    let v = serde_json::Value::deserialize(d)?;
+    Ok(v.as_u64().and_then(|x| u32::try_from(x).ok()))
+}
+
 impl LmConfig {
-    /// Reads `dir/config.json` and checks that the family is supported.
+    /// Reads `dir/config.json`; its `model_type` picks the family.
     pub fn load(dir: &Path) -> Result<LmConfig> {
         let path = dir.join("config.json");
         let text = std::fs::read_to_string(&path).map_err(io_err(&path))?;
-        let raw: Value = serde_json::from_str(&text).map_err(|e| Error::Config {
-            path: path.display().to_string(),
-            message: format!("not valid JSON: {e}"),
-        })?;
+        Self::parse(&text, &path.display().to_string())
+    }
+
+    /// Parses the text of a `config.json` (named `path` in errors).
+    pub fn parse(text: &str, path: &str) -> Result<LmConfig> {
+        let bad = |message: String| Error::Config {
+            path: path.to_string(),
+            message,
+        };
+        let raw: serde_json::Value =
+            serde_json::from_str(text).map_err(|e| bad(format!("not valid JSON: {e}")))?;
         let model_type = raw
             .get("model_type")
             .and_then(|v| v.as_str())
-            .ok_or_else(|| Error::Config {
-                path: path.display().to_string(),
-                message: "no `model_type`".into(),
-            })?
+            .ok_or_else(|| bad("no `model_type`".into()))?
             .to_string();
-        if !SUPPORTED_FAMILIES.contains(&model_type.as_str()) {
-            return Err(Error::UnsupportedFamily {
-                got: model_type,
-                supported: SUPPORTED_FAMILIES.to_vec(),
-            });
-        }
+        let fam = family::family(&model_type)?;
+        let tokens: TokenIds =
+            serde_json::from_value(raw.clone()).map_err(|e| bad(format!("token ids: {e}")))?;
+        let config =
+            (fam.parse)(raw).map_err(|e| bad(format!("not a {model_type} config: {e}")))?;
         Ok(LmConfig {
             model_type,
-            raw,
-            path: path.display().to_string(),
+            config,
+            tokens,
+            path: path.to_string(),
         })
     }
 
-    /// The first of `keys` present as an unsigned integer.
-    pub fn usize_of(&self, keys: &[&str]) -> Option<usize> {
-        keys.iter()
-            .find_map(|k| self.raw.get(*k).and_then(|v| v.as_u64()))
-            .map(|v| v as usize)
+    /// A config built in code (presets).
+    pub fn from_config(config: Box<dyn FamilyConfig>) -> LmConfig {
+        LmConfig {
+            model_type: config.family().model_type.to_string(),
+            config,
+            tokens: TokenIds::default(),
+            path: "preset".into(),
+        }
     }
 
-    pub fn require(&self, keys: &[&str]) -> Result<usize> {
-        self.usize_of(keys).ok_or_else(|| Error::Config {
-            path: self.path.clone(),
-            message: format!("missing `{}`", keys.join("` / `")),
-        })
+    pub fn hidden_size(&self) -> usize {
+        self.config.hidden_size()
     }
-
-    pub fn vocab_size(&self) -> Result<usize> {
-        self.require(&["vocab_size"])
-    }
-    pub fn hidden_size(&self) -> Result<usize> {
-        self.require(&["hidden_size", "d_model", "n_embd"])
-    }
-    pub fn num_layers(&self) -> Result<usize> {
-        self.require(&["num_hidden_layers", "n_layers", "n_layer"])
+    pub fn num_layers(&self) -> usize {
+        self.config.num_layers()
     }
     pub fn max_positions(&self) -> Option<usize> {
-        self.usize_of(&["max_position_embeddings", "max_seq_len", "n_positions"])
+        self.config.max_positions()
     }
 }
 
 /// The LM's weight files in `dir`: `model.safetensors`, else every
 /// `*.safetensors` (shards), else `pytorch_model*.bin`.
-pub fn weight_files(dir: &Path) -> Result<Vec<std::path::PathBuf>> {
+pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
     let single = dir.join("model.safetensors");
     if single.exists() {
         return Ok(vec![single]);
@@ -102,4 +120,45 @@ pub fn weight_files(dir: &Path) -> Result<Vec<std::path::PathBuf>> {
         });
     }
     Ok(files)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_family_reads_its_config_with_defaults_and_aliases() {
+        let lm = LmConfig::parse(
+            r#"{"model_type": "mpt", "d_model": 64, "n_heads": 4, "n_layers": 2,
+                "attn_config": {"model_type": ""}, "pad_token_id": [1, 2]}"#,
+            "config.json",
+        )
+        .unwrap();
+        assert_eq!(lm.hidden_size(), 64);
+        assert_eq!(lm.config.heads(), (4, 4));
+        assert_eq!(lm.max_positions(), Some(2048), "MptConfig's default");
+        assert_eq!(lm.tokens.pad_token_id, None, "a list is no single id");
+        let lm = LmConfig::parse(
+            r#"{"model_type": "llama", "hidden_size": 64, "num_attention_heads": 4,
+                "num_hidden_layers": 2, "eos_token_id": 2}"#,
+            "config.json",
+        )
+        .unwrap();
+        assert_eq!(lm.config.heads(), (4, 4), "kv heads default to the heads");
+        assert_eq!(lm.tokens.eos_token_id, Some(2));
+        let err = LmConfig::parse(
+            r#"{"model_type": "gpt_neox", "num_hidden_layers": "four"}"#,
+            "lm/config.json",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("lm/config.json") && err.contains("invalid type"),
+            "{err}"
+        );
+        let err = LmConfig::parse(r#"{"model_type": "opt"}"#, "c.json")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("mpt, gpt_neox, llama"), "{err}");
+    }
 }

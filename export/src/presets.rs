@@ -1,18 +1,20 @@
 //! The official OpenFlamingo shapes, exportable with random weights so that
-//! anyone can benchmark without downloading a release.
+//! anyone can benchmark without downloading a release. Each preset is a
+//! typed LM config (as its release's `config.json` says) mapped to the
+//! decoder by the same family function as a release.
 
 use std::sync::Arc;
 
-use flamingo_graphs::blocks::decoder::{
-    DecoderConfig, LayerNames, NormKind, PositionKind, Residual, XAttnConfig,
-};
+use flamingo_contract::{PreprocessConfig, SpecialTokens};
+use flamingo_graphs::blocks::decoder::DecoderConfig;
 use flamingo_graphs::blocks::{Activation, ResamplerConfig, VisionConfig};
 use flamingo_graphs::{DType, Tensor, TensorData, WeightSource};
 
-use crate::config::{PreprocessConfig, CLIP_MEAN, CLIP_STD};
 use crate::error::{Error, Result};
-use crate::family::{Family, GPT_NEOX, MPT};
-use crate::manifest::SpecialTokens;
+use crate::family::gpt_neox::GptNeoxConfig;
+use crate::family::mpt::MptConfig;
+use crate::family::{decoder_config, FamilyConfig};
+use crate::lm::LmConfig;
 
 /// A named model shape.
 pub struct Preset {
@@ -20,10 +22,9 @@ pub struct Preset {
     pub about: &'static str,
     pub vision: VisionConfig,
     pub resampler: ResamplerConfig,
+    pub lm: LmConfig,
     pub decoder: DecoderConfig,
-    pub family: &'static str,
     pub special: SpecialTokens,
-    pub max_positions: usize,
 }
 
 pub const PRESETS: &[&str] = &["of-mini", "of-3b", "of-4b", "of-9b"];
@@ -41,65 +42,20 @@ fn vit(image: usize, patch: usize, width: usize, layers: usize) -> VisionConfig 
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-fn lm(
-    f: &Family,
-    hidden: usize,
-    layers: usize,
-    heads: usize,
-    inter: usize,
-    vocab: usize,
-    every_n: usize,
-    dim_visual: usize,
-) -> DecoderConfig {
-    let p = "lang_encoder.";
-    let mpt = f.model_type == "mpt";
-    let head_dim = hidden / heads;
-    DecoderConfig {
-        layers_path: format!("{p}{}", f.layers),
-        embed: format!("{p}{}", f.embed),
-        final_norm: format!("{p}{}", f.final_norm),
-        lm_head: format!("{p}{}", f.lm_head[0]),
-        names: LayerNames {
-            ln1: f.ln1.into(),
-            ln2: f.ln2.into(),
-            qkv: (f.qkv)(!mpt),
-            out: f.out.into(),
-            out_bias: !mpt,
-            mlp: (f.mlp)(!mpt),
-        },
-        hidden,
-        heads,
-        kv_heads: heads,
-        head_dim,
-        intermediate: inter,
-        num_layers: layers,
-        vocab,
-        eps: 1e-5,
-        norm: NormKind::LayerNorm { bias: !mpt },
-        position: if mpt {
-            PositionKind::Alibi { bias_max: 8.0 }
-        } else {
-            PositionKind::Rotary {
-                dims: head_dim,
-                base: 10000.0,
-            }
-        },
-        residual: if mpt {
-            Residual::Sequential
-        } else {
-            Residual::Parallel
-        },
-        xattn: XAttnConfig {
-            every_n,
-            heads: 8,
-            dim_head: 64,
-            ff_mult: 4,
-            dim_visual,
-            num_latents: 64,
-            eps: 1e-5,
-        },
-    }
+fn mpt(
+    d_model: usize,
+    n_layers: usize,
+    n_heads: usize,
+    vocab_size: usize,
+) -> Box<dyn FamilyConfig> {
+    Box::new(MptConfig {
+        d_model,
+        n_heads,
+        n_layers,
+        vocab_size,
+        max_seq_len: Some(2048),
+        ..Default::default()
+    })
 }
 
 fn resampler(dim: usize) -> ResamplerConfig {
@@ -125,35 +81,42 @@ pub fn preset(name: &str) -> Result<Preset> {
         eos: Some(0),
         bos: None,
     };
-    let (about, vision, decoder, family, max_positions) = match name {
+    let (about, vision, config, every_n) = match name {
         "of-mini" => (
             "ViT-B/16 at 224 px + an MPT with d 1024, 16 layers, 16 heads, cross-attention every 2nd layer",
             vit(224, 16, 768, 12),
-            lm(&MPT, 1024, 16, 16, 4096, 50280, 2, 768),
-            "mpt",
-            2048,
+            mpt(1024, 16, 16, 50280),
+            2,
         ),
         "of-3b" => (
             "ViT-L/14 at 224 px + MPT-1B (d 2048, 24 layers, 16 heads), cross-attention every layer",
             vit(224, 14, 1024, 24),
-            lm(&MPT, 2048, 24, 16, 8192, 50280, 1, 1024),
-            "mpt",
-            2048,
+            mpt(2048, 24, 16, 50280),
+            1,
         ),
         "of-4b" => (
             "ViT-L/14 + RedPajama-INCITE-3B (GPT-NeoX, d 2560, 32 layers, 32 heads), every 2nd layer",
             vit(224, 14, 1024, 24),
-            // RedPajama-INCITE-3B: sequential residual
-            DecoderConfig { residual: Residual::Sequential, ..lm(&GPT_NEOX, 2560, 32, 32, 10240, 50432, 2, 1024) },
-            "gpt_neox",
-            2048,
+            // RedPajama-INCITE-Base-3B-v1's config.json
+            Box::new(GptNeoxConfig {
+                hidden_size: 2560,
+                num_attention_heads: 32,
+                num_hidden_layers: 32,
+                intermediate_size: Some(10240),
+                rotary_pct: 1.0,
+                rotary_emb_base: 10000.0,
+                use_parallel_residual: false,
+                layer_norm_eps: 1e-5,
+                max_position_embeddings: Some(2048),
+                vocab_size: 50432,
+            }) as Box<dyn FamilyConfig>,
+            2,
         ),
         "of-9b" => (
             "ViT-L/14 + MPT-7B (d 4096, 32 layers, 32 heads), every 4th layer",
             vit(224, 14, 1024, 24),
-            lm(&MPT, 4096, 32, 32, 16384, 50432, 4, 1024),
-            "mpt",
-            2048,
+            mpt(4096, 32, 32, 50432),
+            4,
         ),
         other => {
             return Err(Error::Config {
@@ -162,6 +125,9 @@ pub fn preset(name: &str) -> Result<Preset> {
             })
         }
     };
+    let resampler = resampler(vision.width);
+    let lm = LmConfig::from_config(config);
+    let decoder = decoder_config(&lm, None, &resampler, every_n)?;
     let vocab = decoder.vocab as u32;
     Ok(Preset {
         name: PRESETS
@@ -170,24 +136,17 @@ pub fn preset(name: &str) -> Result<Preset> {
             .copied()
             .unwrap_or("preset"),
         about,
-        resampler: resampler(vision.width),
+        resampler,
         vision,
+        lm,
         decoder,
-        family,
         special: special(vocab),
-        max_positions,
     })
 }
 
 impl Preset {
     pub fn preprocess(&self) -> PreprocessConfig {
-        PreprocessConfig {
-            image_size: self.vision.image_size,
-            mean: CLIP_MEAN,
-            std: CLIP_STD,
-            interpolation: "bicubic".into(),
-            resize_mode: "shortest".into(),
-        }
+        PreprocessConfig::clip(self.vision.image_size)
     }
 }
 

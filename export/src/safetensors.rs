@@ -1,9 +1,83 @@
-//! Writes float32 tensors as a `.safetensors` file (atomically: temp file, then rename).
+//! `.safetensors` files through the `safetensors` crate: the header read
+//! over the memory-mapped file (offsets checked to tile the data exactly:
+//! no overlap, nothing outside the file), and float32 tensors written
+//! atomically (temp file, then rename).
 
-use std::io::Write;
+use std::borrow::Cow;
 use std::path::Path;
+use std::sync::Arc;
 
-use crate::error::{io_err, Result};
+use flamingo_graphs::DType;
+use safetensors::{Dtype, SafeTensorError, SafeTensors, View};
+
+use crate::error::{corrupt, io_err, Error, Result};
+use crate::store::{Entry, Mapped};
+
+/// The tensors of the mapped safetensors file `file`, in offset order.
+pub fn read(file: Arc<Mapped>) -> Result<Vec<(String, Entry)>> {
+    let path = file.path.clone();
+    let b = &file.map[..];
+    let (n, meta) = SafeTensors::read_metadata(b).map_err(|e| {
+        corrupt(
+            &path,
+            match e {
+                SafeTensorError::InvalidHeaderDeserialization(e) => {
+                    format!("safetensors header is not valid JSON: {e}")
+                }
+                SafeTensorError::HeaderTooSmall => "shorter than a safetensors header".into(),
+                SafeTensorError::InvalidHeaderLength | SafeTensorError::HeaderTooLarge => {
+                    let n = b
+                        .get(..8)
+                        .and_then(|h| h.try_into().ok())
+                        .map(u64::from_le_bytes)
+                        .unwrap_or(0);
+                    format!(
+                        "safetensors header claims {n} bytes; the file has {} (truncated?)",
+                        b.len()
+                    )
+                }
+                SafeTensorError::MetadataIncompleteBuffer => {
+                    "the tensors' data_offsets do not cover the file (truncated?)".into()
+                }
+                SafeTensorError::InvalidOffset(name) => format!(
+                    "tensor `{name}`: data_offsets overlap or leave a gap (truncated or corrupt?)"
+                ),
+                other => format!("safetensors header: {other}"),
+            },
+        )
+    })?;
+    let data_start = 8 + n;
+    let mut out = Vec::new();
+    for name in meta.offset_keys() {
+        let Some(info) = meta.info(&name) else {
+            continue;
+        };
+        let dtype = match info.dtype {
+            Dtype::F32 => DType::F32,
+            Dtype::F16 => DType::F16,
+            Dtype::BF16 => DType::BF16,
+            Dtype::I64 => DType::I64,
+            other => {
+                return Err(Error::UnsupportedDType {
+                    path: path.display().to_string(),
+                    name,
+                    dtype: other.to_string(),
+                })
+            }
+        };
+        let (s, e) = info.data_offsets;
+        out.push((
+            name,
+            Entry {
+                file: file.clone(),
+                dtype,
+                shape: info.shape.clone(),
+                range: data_start + s..data_start + e,
+            },
+        ));
+    }
+    Ok(out)
+}
 
 /// One tensor to write: name, shape, values (row-major).
 pub struct Named<'a> {
@@ -12,36 +86,47 @@ pub struct Named<'a> {
     pub data: &'a [f32],
 }
 
+impl View for &Named<'_> {
+    fn dtype(&self) -> Dtype {
+        Dtype::F32
+    }
+    fn shape(&self) -> &[usize] {
+        self.shape
+    }
+    fn data(&self) -> Cow<'_, [u8]> {
+        Cow::Owned(self.data.iter().flat_map(|v| v.to_le_bytes()).collect())
+    }
+    fn data_len(&self) -> usize {
+        self.data.len() * 4
+    }
+}
+
+/// Writes `tensors` to `path` (a temp file beside it, renamed into place).
 pub fn write_f32(path: &Path, tensors: &[Named]) -> Result<()> {
-    let mut header = serde_json::Map::new();
-    let mut offset = 0usize;
     for t in tensors {
-        let len = t.data.len() * 4;
-        header.insert(
-            t.name.to_string(),
-            serde_json::json!({"dtype": "F32", "shape": t.shape, "data_offsets": [offset, offset + len]}),
-        );
-        offset += len;
-    }
-    let mut h = serde_json::to_vec(&header).unwrap_or_default();
-    while !h.len().is_multiple_of(8) {
-        h.push(b' ');
-    }
-    let tmp = path.with_extension("safetensors.partial");
-    let write = || -> std::io::Result<()> {
-        let mut f = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
-        f.write_all(&(h.len() as u64).to_le_bytes())?;
-        f.write_all(&h)?;
-        for t in tensors {
-            for v in t.data {
-                f.write_all(&v.to_le_bytes())?;
-            }
+        if t.shape.iter().product::<usize>() != t.data.len() {
+            return Err(Error::Config {
+                path: path.display().to_string(),
+                message: format!(
+                    "tensor `{}`: {} values for shape {:?}",
+                    t.name,
+                    t.data.len(),
+                    t.shape
+                ),
+            });
         }
-        f.into_inner().map_err(|e| e.into_error())?.sync_all()
-    };
-    if let Err(e) = write() {
+    }
+    let tmp = path.with_extension(format!("safetensors.partial-{}", std::process::id()));
+    let result = safetensors::serialize_to_file(tensors.iter().map(|t| (t.name, t)), None, &tmp);
+    if let Err(e) = result {
         let _ = std::fs::remove_file(&tmp);
-        return Err(io_err(path)(e));
+        return Err(match e {
+            SafeTensorError::IoError(e) => io_err(path)(e),
+            other => Error::Config {
+                path: path.display().to_string(),
+                message: other.to_string(),
+            },
+        });
     }
     std::fs::rename(&tmp, path).map_err(io_err(path))
 }

@@ -1,6 +1,7 @@
 //! A name -> tensor table over memory-mapped checkpoint files (safetensors and
 //! torch zip pickles). Tensors are read lazily: nothing is copied until a
-//! graph writer asks for the bytes, one tensor at a time.
+//! graph writer asks for the bytes, one tensor at a time (deflate-compressed
+//! archive entries are inflated into memory when the archive is read).
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -11,12 +12,28 @@ use flamingo_graphs::{DType, Tensor, TensorData, WeightSource};
 use memmap2::Mmap;
 
 use crate::error::{corrupt, io_err, Error, Result};
-use crate::{pickle, zip};
+use crate::{pickle, safetensors, zip};
 
-/// A memory-mapped file.
+/// A memory-mapped file, or bytes inflated from one.
 pub struct Mapped {
     pub path: PathBuf,
-    pub map: Mmap,
+    pub map: Bytes,
+}
+
+/// The bytes behind a [`Mapped`].
+pub enum Bytes {
+    Map(Mmap),
+    Owned(Vec<u8>),
+}
+
+impl std::ops::Deref for Bytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            Bytes::Map(m) => m,
+            Bytes::Owned(v) => v,
+        }
+    }
 }
 
 impl Mapped {
@@ -31,7 +48,7 @@ impl Mapped {
         let map = unsafe { Mmap::map(&f) }.map_err(io_err(path))?;
         Ok(Arc::new(Mapped {
             path: path.to_path_buf(),
-            map,
+            map: Bytes::Map(map),
         }))
     }
 }
@@ -158,7 +175,7 @@ pub fn read_file(path: &Path) -> Result<Vec<(String, Entry)>> {
     if file.map.starts_with(b"PK") {
         read_torch(file)
     } else {
-        read_safetensors(file)
+        safetensors::read(file)
     }
 }
 
@@ -169,105 +186,62 @@ fn checked_numel(path: &Path, name: &str, shape: &[usize]) -> Result<usize> {
         .ok_or_else(|| corrupt(path, format!("tensor `{name}`: shape {shape:?} overflows")))
 }
 
-fn read_safetensors(file: Arc<Mapped>) -> Result<Vec<(String, Entry)>> {
-    let path = file.path.clone();
-    let b = &file.map[..];
-    let n = b
-        .get(..8)
-        .map(|h| u64::from_le_bytes(h.try_into().unwrap_or([0; 8])))
-        .ok_or_else(|| corrupt(&path, "shorter than a safetensors header"))?;
-    if n > 100 << 20 || n + 8 > b.len() as u64 {
-        return Err(corrupt(
-            &path,
-            format!(
-                "safetensors header claims {n} bytes; the file has {}",
-                b.len()
-            ),
-        ));
-    }
-    let header: serde_json::Map<String, serde_json::Value> =
-        serde_json::from_slice(&b[8..8 + n as usize])
-            .map_err(|e| corrupt(&path, format!("safetensors header is not valid JSON: {e}")))?;
-    let data_start = 8 + n as usize;
-    let data_len = b.len() - data_start;
-    let mut out = Vec::new();
-    for (name, info) in header {
-        if name == "__metadata__" {
-            continue;
-        }
-        let bad = |m: &str| corrupt(&path, format!("tensor `{name}`: {m}"));
-        let dtype_s = info
-            .get("dtype")
-            .and_then(|d| d.as_str())
-            .ok_or_else(|| bad("no dtype"))?;
-        let shape: Vec<usize> = info
-            .get("shape")
-            .and_then(|s| s.as_array())
-            .ok_or_else(|| bad("no shape"))?
-            .iter()
-            .map(|d| {
-                d.as_u64()
-                    .map(|d| d as usize)
-                    .ok_or_else(|| bad("bad shape"))
-            })
-            .collect::<Result<_>>()?;
-        let offs = info
-            .get("data_offsets")
-            .and_then(|s| s.as_array())
-            .filter(|a| a.len() == 2)
-            .ok_or_else(|| bad("no data_offsets"))?;
-        let (s, e) = match (offs[0].as_u64(), offs[1].as_u64()) {
-            (Some(s), Some(e)) if s <= e && e <= data_len as u64 => (s as usize, e as usize),
-            _ => return Err(bad("data_offsets point outside the file (truncated?)")),
-        };
-        let dtype = match dtype_s {
-            "F32" => DType::F32,
-            "F16" => DType::F16,
-            "BF16" => DType::BF16,
-            "I64" => DType::I64,
-            other => {
-                return Err(Error::UnsupportedDType {
-                    path: path.display().to_string(),
-                    name,
-                    dtype: other.to_string(),
-                })
+/// A torch archive with its inflated entries (views of one storage share it).
+struct TorchArchive<'a> {
+    file: &'a Arc<Mapped>,
+    zip: zip::Archive<'a>,
+    inflated: std::collections::HashMap<String, Arc<Mapped>>,
+}
+
+impl TorchArchive<'_> {
+    /// An entry's bytes: a range of the mapped archive, or inflated once.
+    fn get(&mut self, name: &str) -> Result<Option<(Arc<Mapped>, std::ops::Range<usize>)>> {
+        Ok(match self.zip.entries.get(name).cloned() {
+            None => None,
+            Some(zip::Data::Stored(r)) => Some((self.file.clone(), r)),
+            Some(zip::Data::Deflated { .. }) => {
+                let m = match self.inflated.get(name) {
+                    Some(m) => m.clone(),
+                    None => {
+                        let m = Arc::new(Mapped {
+                            path: self.file.path.clone(),
+                            map: Bytes::Owned(self.zip.inflate(name)?),
+                        });
+                        self.inflated.insert(name.to_string(), m.clone());
+                        m
+                    }
+                };
+                let n = m.map.len();
+                Some((m, 0..n))
             }
-        };
-        let numel = checked_numel(&path, &name, &shape)?;
-        if numel.checked_mul(dtype.size()) != Some(e - s) {
-            return Err(bad(&format!(
-                "{} bytes stored for a {dtype_s} tensor of shape {shape:?}",
-                e - s
-            )));
-        }
-        out.push((
-            name,
-            Entry {
-                file: file.clone(),
-                dtype,
-                shape,
-                range: data_start + s..data_start + e,
-            },
-        ));
+        })
     }
-    Ok(out)
 }
 
 fn read_torch(file: Arc<Mapped>) -> Result<Vec<(String, Entry)>> {
     let path = file.path.clone();
-    let entries = zip::entries(&path, &file.map)?;
-    let pkl = entries
+    let mut archive = TorchArchive {
+        file: &file,
+        zip: zip::Archive::open(&path, &file.map)?,
+        inflated: Default::default(),
+    };
+    let pkl = archive
+        .zip
+        .entries
         .keys()
         .find(|k| k.ends_with("data.pkl") && k.matches('/').count() == 1)
         .cloned()
         .ok_or_else(|| corrupt(&path, "no `<name>/data.pkl` entry (not a torch.save file?)"))?;
     let prefix = pkl.trim_end_matches("data.pkl").to_string();
-    if let Some(r) = entries.get(&format!("{prefix}byteorder")) {
-        if &file.map[r.clone()] != b"little" {
+    if let Some((f, r)) = archive.get(&format!("{prefix}byteorder"))? {
+        if &f.map[r] != b"little" {
             return Err(corrupt(&path, "big-endian checkpoints are not supported"));
         }
     }
-    let root = pickle::load(&path, &file.map[entries[&pkl].clone()])?;
+    let (pf, pr) = archive
+        .get(&pkl)?
+        .ok_or_else(|| corrupt(&path, "no data.pkl"))?;
+    let root = pickle::load(&path, &pf.map[pr])?;
     let dict = state_dict(&root).ok_or_else(|| {
         corrupt(
             &path,
@@ -288,8 +262,8 @@ fn read_torch(file: Arc<Mapped>) -> Result<Vec<(String, Entry)>> {
                 dtype: t.dtype_name.clone(),
             });
         };
-        let r = entries
-            .get(&format!("{prefix}data/{}", t.key))
+        let (sf, r) = archive
+            .get(&format!("{prefix}data/{}", t.key))?
             .ok_or_else(|| bad(format!("storage `{}` is missing from the archive", t.key)))?;
         let es = dtype.size() as u64;
         if t.storage_numel.checked_mul(es) != Some(r.len() as u64) {
@@ -321,7 +295,7 @@ fn read_torch(file: Arc<Mapped>) -> Result<Vec<(String, Entry)>> {
         out.push((
             name,
             Entry {
-                file: file.clone(),
+                file: sf,
                 dtype,
                 shape: t.shape.clone(),
                 range: start..r.start + (end * es) as usize,

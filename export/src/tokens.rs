@@ -4,11 +4,10 @@ use std::path::Path;
 
 use serde_json::Value;
 
-use crate::error::{io_err, Error, Result};
-use crate::manifest::SpecialTokens;
+use flamingo_contract::manifest::{END_OF_CHUNK_TOKEN, MEDIA_TOKEN, PAD_TOKEN};
+use flamingo_contract::SpecialTokens;
 
-pub const MEDIA_TOKEN: &str = "<image>";
-pub const END_OF_CHUNK_TOKEN: &str = "<|endofchunk|>";
+use crate::error::{io_err, Error, Result};
 
 /// Files of a tokenizer directory copied into an export.
 pub const TOKENIZER_FILES: &[&str] = &[
@@ -46,7 +45,6 @@ pub fn special_tokens(dir: &Path, lm: &crate::lm::LmConfig) -> Result<SpecialTok
         let content = v.as_str().or_else(|| v.get("content")?.as_str())?;
         find(content)
     };
-    let from_lm = |k: &str| lm.usize_of(&[k]).map(|v| v as u32);
     Ok(SpecialTokens {
         media: find(MEDIA_TOKEN).ok_or_else(|| {
             bad(format!(
@@ -55,8 +53,8 @@ pub fn special_tokens(dir: &Path, lm: &crate::lm::LmConfig) -> Result<SpecialTok
         })?,
         end_of_chunk: find(END_OF_CHUNK_TOKEN)
             .ok_or_else(|| bad(format!("no `{END_OF_CHUNK_TOKEN}` added token")))?,
-        pad: named("pad_token").or_else(|| find("<PAD>")),
-        eos: named("eos_token").or_else(|| from_lm("eos_token_id")),
-        bos: named("bos_token").or_else(|| from_lm("bos_token_id")),
+        pad: named("pad_token").or_else(|| find(PAD_TOKEN)),
+        eos: named("eos_token").or(lm.tokens.eos_token_id),
+        bos: named("bos_token").or(lm.tokens.bos_token_id),
     })
 }

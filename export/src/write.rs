@@ -4,22 +4,21 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
+use flamingo_contract::{
+    io, manifest, GraphInfo, GraphRole, LmInfo, Manifest, ModelInfo, Precision, PreprocessConfig,
+    SpecialTokens,
+};
 use flamingo_graphs::blocks::decoder::{decoder, media_kv, DecoderConfig, DecoderInputs};
 use flamingo_graphs::blocks::{perceiver_resampler, vision_encoder, ResamplerConfig, VisionConfig};
-use flamingo_graphs::contract as io;
 use flamingo_graphs::onnx::{self, WriteOptions};
 use flamingo_graphs::{DType, Dim, Graph, GraphBuilder, WeightSource};
-use sha2::{Digest, Sha256};
 
-use crate::config::{self, PreprocessConfig};
+use crate::config;
 use crate::error::{io_err, Error, Result};
 use crate::lm::{self, LmConfig};
-use crate::manifest::{
-    self, DecoderInfo, GraphInfo, LmInfo, Manifest, ModelInfo, ResamplerInfo, VisionInfo,
-};
+use crate::output::{hash_files, OutputDir};
 use crate::store::TensorStore;
 use crate::tokens;
 
@@ -43,7 +42,7 @@ pub struct ExportOptions {
     pub force: bool,
     /// A precision rewrite applied to every graph before it is written
     /// (`flamingo_calibration::fp16::to_fp16`), and its name for the manifest.
-    pub rewrite: Option<(String, Rewrite)>,
+    pub rewrite: Option<(Precision, Rewrite)>,
 }
 
 /// A graph-to-graph rewrite (precision tools).
@@ -135,8 +134,12 @@ impl Release {
                 got: vec![resampler.num_latents, resampler.dim],
             }));
         }
-        let decoder =
-            crate::family::decoder_config(&lm, &store, &resampler, opts.cross_attn_every_n_layers)?;
+        let decoder = crate::family::decoder_config(
+            &lm,
+            Some(&store),
+            &resampler,
+            opts.cross_attn_every_n_layers,
+        )?;
         Ok(Release {
             store,
             vision,
@@ -155,14 +158,14 @@ pub fn build_vision_graph(w: &dyn WeightSource, cfg: &VisionConfig) -> Result<Gr
     let n = Dim::sym("num_images");
     let hw = cfg.image_size;
     let px = g.input(
-        "pixel_values",
+        io::PIXEL_VALUES,
         DType::F32,
         vec![n.clone(), 3.into(), hw.into(), hw.into()],
     );
     let tokens = vision_encoder(&mut g.scope(w, "visual"), cfg, px)?;
     g.output(
         tokens,
-        "vision_tokens",
+        io::VISION_TOKENS,
         DType::F32,
         vec![n, cfg.num_patches().into(), cfg.width.into()],
     );
@@ -179,7 +182,7 @@ pub fn build_resampler_graph(
     g.set_doc("OpenFlamingo PerceiverResampler");
     let (b, t) = (Dim::sym("batch"), Dim::sym("num_media"));
     let x = g.input(
-        "vision_tokens",
+        io::VISION_TOKENS,
         DType::F32,
         vec![
             b.clone(),
@@ -192,7 +195,7 @@ pub fn build_resampler_graph(
     let lat = perceiver_resampler(&mut g.scope(w, "perceiver"), cfg, x)?;
     g.output(
         lat,
-        "latents",
+        io::LATENTS,
         DType::F32,
         vec![b, t, cfg.num_latents.into(), cfg.dim.into()],
     );
@@ -308,46 +311,39 @@ pub fn export_preset(
     name: &str,
     out: &Path,
     force: bool,
-    rewrite: Option<(String, Rewrite)>,
+    rewrite: Option<(Precision, Rewrite)>,
     progress: &mut dyn Progress,
 ) -> Result<Manifest> {
     let p = crate::presets::preset(name)?;
-    if out.exists() && !force {
-        return Err(Error::OutputExists {
-            path: out.display().to_string(),
-        });
-    }
+    let output = OutputDir::create(out, force)?;
     let spec = Spec {
         weights: &crate::presets::RandomWeights,
         vision: p.vision.clone(),
         preprocess: p.preprocess(),
         resampler: p.resampler.clone(),
         decoder: p.decoder.clone(),
-        family: p.family.into(),
-        lm: LmInfo {
-            model_type: p.family.into(),
-            vocab_size: p.decoder.vocab,
-            hidden_size: p.decoder.hidden,
-            num_layers: p.decoder.num_layers,
-            max_position_embeddings: Some(p.max_positions),
-            pad_token_id: None,
-        },
+        family: p.lm.model_type.clone(),
+        lm: lm_info(&p.lm, &p.decoder),
         special: p.special.clone(),
         tokenizer: None,
         tokenizer_json: Some(crate::presets::tokenizer_json(&p.special)),
         rewrite,
     };
-    let tmp = temp_dir_for(out)?;
-    match write_spec(&spec, &tmp, progress) {
-        Ok(m) => {
-            replace_dir(&tmp, out)?;
-            progress.finish();
-            Ok(m)
-        }
-        Err(e) => {
-            let _ = fs::remove_dir_all(&tmp);
-            Err(e)
-        }
+    let m = write_spec(&spec, output.path(), progress)?;
+    output.commit()?;
+    progress.finish();
+    Ok(m)
+}
+
+/// The manifest's record of the LM.
+fn lm_info(lm: &LmConfig, d: &DecoderConfig) -> LmInfo {
+    LmInfo {
+        model_type: lm.model_type.clone(),
+        vocab_size: d.vocab,
+        hidden_size: lm.hidden_size(),
+        num_layers: lm.num_layers(),
+        max_position_embeddings: lm.max_positions(),
+        pad_token_id: lm.tokens.pad_token_id,
     }
 }
 
@@ -361,19 +357,24 @@ pub fn export(opts: &ExportOptions, progress: &mut dyn Progress) -> Result<Manif
     }
     let release = Release::open(opts)?;
     let special = tokens::special_tokens(&opts.tokenizer, &release.lm)?;
-    let tmp = temp_dir_for(&opts.out)?;
-    let result = write_all(opts, &release, special, &tmp, progress);
-    match result {
-        Ok(m) => {
-            replace_dir(&tmp, &opts.out)?;
-            progress.finish();
-            Ok(m)
-        }
-        Err(e) => {
-            let _ = fs::remove_dir_all(&tmp);
-            Err(e)
-        }
-    }
+    let output = OutputDir::create(&opts.out, opts.force)?;
+    let spec = Spec {
+        weights: &release.store,
+        vision: release.vision.clone(),
+        preprocess: release.preprocess.clone(),
+        resampler: release.resampler.clone(),
+        decoder: release.decoder.clone(),
+        family: release.lm.model_type.clone(),
+        lm: lm_info(&release.lm, &release.decoder),
+        special,
+        tokenizer: Some(opts.tokenizer.clone()),
+        tokenizer_json: None,
+        rewrite: opts.rewrite,
+    };
+    let m = write_spec(&spec, output.path(), progress)?;
+    output.commit()?;
+    progress.finish();
+    Ok(m)
 }
 
 /// Everything an export writes, whatever the weights come from.
@@ -385,55 +386,28 @@ pub struct Spec<'a> {
     pub decoder: DecoderConfig,
     pub family: String,
     pub lm: LmInfo,
-    pub special: manifest::SpecialTokens,
+    pub special: SpecialTokens,
     /// A tokenizer directory to copy in, if any.
     pub tokenizer: Option<PathBuf>,
     /// Or the text of a `tokenizer.json` to write.
     pub tokenizer_json: Option<String>,
-    pub rewrite: Option<(String, Rewrite)>,
-}
-
-fn write_all(
-    opts: &ExportOptions,
-    r: &Release,
-    special: manifest::SpecialTokens,
-    dir: &Path,
-    progress: &mut dyn Progress,
-) -> Result<Manifest> {
-    let spec = Spec {
-        weights: &r.store,
-        vision: r.vision.clone(),
-        preprocess: r.preprocess.clone(),
-        resampler: r.resampler.clone(),
-        decoder: r.decoder.clone(),
-        family: r.lm.model_type.clone(),
-        lm: LmInfo {
-            model_type: r.lm.model_type.clone(),
-            vocab_size: r.decoder.vocab,
-            hidden_size: r.lm.hidden_size()?,
-            num_layers: r.lm.num_layers()?,
-            max_position_embeddings: r.lm.max_positions(),
-            pad_token_id: r.lm.usize_of(&["pad_token_id"]).map(|v| v as u32),
-        },
-        special,
-        tokenizer: Some(opts.tokenizer.clone()),
-        tokenizer_json: None,
-        rewrite: opts.rewrite.clone(),
-    };
-    write_spec(&spec, dir, progress)
+    pub rewrite: Option<(Precision, Rewrite)>,
 }
 
 /// Writes the graphs, tokenizer and manifest of `spec` into `dir`.
 pub fn write_spec(spec: &Spec, dir: &Path, progress: &mut dyn Progress) -> Result<Manifest> {
     let w = spec.weights;
     let graphs = vec![
-        ("vision_encoder", build_vision_graph(w, &spec.vision)?),
         (
-            "resampler",
+            GraphRole::VisionEncoder,
+            build_vision_graph(w, &spec.vision)?,
+        ),
+        (
+            GraphRole::Resampler,
             build_resampler_graph(w, &spec.resampler, spec.vision.num_patches())?,
         ),
-        ("media_kv", build_media_kv_graph(w, &spec.decoder)?),
-        ("decoder", build_decoder_graph(w, &spec.decoder)?),
+        (GraphRole::MediaKv, build_media_kv_graph(w, &spec.decoder)?),
+        (GraphRole::Decoder, build_decoder_graph(w, &spec.decoder)?),
     ];
     let graphs = match &spec.rewrite {
         None => graphs,
@@ -449,13 +423,13 @@ pub fn write_spec(spec: &Spec, dir: &Path, progress: &mut dyn Progress) -> Resul
     };
     let mut infos = BTreeMap::new();
     for (role, g) in &graphs {
-        progress.stage(role, g.weight_bytes() as u64);
-        let file = format!("{role}.onnx");
+        progress.stage(role.as_str(), g.weight_bytes() as u64);
+        let file = role.file_name();
         let written = onnx::write(g, dir, &file, &WriteOptions::default(), &mut |n| {
             progress.advance(n)
         })?;
         infos.insert(
-            role.to_string(),
+            *role,
             GraphInfo {
                 file,
                 requires: None,
@@ -486,40 +460,16 @@ pub fn write_spec(spec: &Spec, dir: &Path, progress: &mut dyn Progress) -> Resul
             fs::copy(&src, &dst).map_err(io_err(&src))?;
         }
     }
-    let v = &spec.vision;
-    let rs = &spec.resampler;
     let mut m = Manifest {
         format_version: manifest::FORMAT_VERSION,
         producer: format!("flamingo {}", env!("CARGO_PKG_VERSION")),
-        precision: spec
-            .rewrite
-            .as_ref()
-            .map(|r| r.0.clone())
-            .unwrap_or_else(|| "fp32".into()),
+        precision: spec.rewrite.as_ref().map(|r| r.0).unwrap_or_default(),
         model: ModelInfo {
             family: spec.family.clone(),
             cross_attn_every_n_layers: spec.decoder.xattn.every_n,
-            vision: VisionInfo {
-                image_size: v.image_size,
-                patch_size: v.patch_size,
-                width: v.width,
-                layers: v.layers,
-                heads: v.heads,
-                mlp_dim: v.mlp_dim,
-                activation: format!("{:?}", v.activation).to_lowercase(),
-                num_tokens: v.num_patches(),
-            },
-            resampler: ResamplerInfo {
-                dim: rs.dim,
-                depth: rs.depth,
-                heads: rs.heads,
-                dim_head: rs.dim_head,
-                num_latents: rs.num_latents,
-                ff_mult: rs.ff_mult,
-                max_num_frames: rs.max_num_frames,
-                max_num_media: rs.max_num_media,
-            },
-            decoder: DecoderInfo::from(&spec.decoder),
+            vision: (&spec.vision).into(),
+            resampler: (&spec.resampler).into(),
+            decoder: (&spec.decoder).into(),
             lm: spec.lm.clone(),
         },
         preprocess: spec.preprocess.clone(),
@@ -531,91 +481,4 @@ pub fn write_spec(spec: &Spec, dir: &Path, progress: &mut dyn Progress) -> Resul
     let path = dir.join(manifest::FILE_NAME);
     fs::write(&path, m.to_json()).map_err(io_err(&path))?;
     Ok(m)
-}
-
-/// sha256 of every file under `dir` (relative names, `/`-separated).
-pub fn hash_files(root: &Path, dir: &Path) -> Result<BTreeMap<String, String>> {
-    let mut out = BTreeMap::new();
-    let mut entries: Vec<_> = fs::read_dir(dir)
-        .map_err(io_err(dir))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .collect();
-    entries.sort();
-    for p in entries {
-        if p.is_dir() {
-            out.extend(hash_files(root, &p)?);
-            continue;
-        }
-        let rel = p
-            .strip_prefix(root)
-            .unwrap_or(&p)
-            .to_string_lossy()
-            .replace('\\', "/");
-        if rel == manifest::FILE_NAME {
-            continue;
-        }
-        out.insert(rel, sha256_file(&p)?);
-    }
-    Ok(out)
-}
-
-pub fn sha256_file(path: &Path) -> Result<String> {
-    let mut f = fs::File::open(path).map_err(io_err(path))?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f.read(&mut buf).map_err(io_err(path))?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
-}
-
-/// A fresh temporary directory beside `out` (same filesystem, so rename works).
-pub fn temp_dir_for(out: &Path) -> Result<PathBuf> {
-    let parent = match out.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    fs::create_dir_all(&parent).map_err(io_err(&parent))?;
-    let name = out
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "export".into());
-    // leftovers of interrupted runs (their process is gone) are removed
-    if let Ok(entries) = fs::read_dir(&parent) {
-        let prefix = format!(".{name}.partial-");
-        for e in entries.flatten() {
-            let file = e.file_name().to_string_lossy().into_owned();
-            if let Some(pid) = file
-                .strip_prefix(&prefix)
-                .and_then(|p| p.parse::<u32>().ok())
-            {
-                if !Path::new(&format!("/proc/{pid}")).exists() {
-                    let _ = fs::remove_dir_all(e.path());
-                }
-            }
-        }
-    }
-    let tmp = parent.join(format!(".{name}.partial-{}", std::process::id()));
-    if tmp.exists() {
-        fs::remove_dir_all(&tmp).map_err(io_err(&tmp))?;
-    }
-    fs::create_dir(&tmp).map_err(io_err(&tmp))?;
-    Ok(tmp)
-}
-
-/// Moves `tmp` to `out`, replacing an existing `out` only once `tmp` is complete.
-pub fn replace_dir(tmp: &Path, out: &Path) -> Result<()> {
-    if out.exists() {
-        let old = tmp.with_extension("old");
-        fs::rename(out, &old).map_err(io_err(out))?;
-        fs::rename(tmp, out).map_err(io_err(out))?;
-        let _ = fs::remove_dir_all(&old);
-    } else {
-        fs::rename(tmp, out).map_err(io_err(out))?;
-    }
-    Ok(())
 }

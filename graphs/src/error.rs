@@ -29,6 +29,14 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    #[error("{path}: {source}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: corrupt or truncated file: {message}")]
+    Corrupt { path: String, message: String },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -44,6 +44,23 @@ pub struct IoSpec {
     pub dims: Vec<Dim>,
 }
 
+impl From<&IoSpec> for flamingo_contract::TensorInfo {
+    fn from(io: &IoSpec) -> flamingo_contract::TensorInfo {
+        flamingo_contract::TensorInfo {
+            name: io.name.clone(),
+            dtype: io.dtype.name().to_string(),
+            shape: io
+                .dims
+                .iter()
+                .map(|d| match d {
+                    Dim::Fixed(v) => serde_json::Value::from(*v),
+                    Dim::Sym(s) => serde_json::Value::from(s.as_str()),
+                })
+                .collect(),
+        }
+    }
+}
+
 /// A node attribute.
 #[derive(Clone, Debug)]
 pub enum Attr {

@@ -1,9 +1,12 @@
 //! `flamingo-graphs`: a small typed graph IR, the building blocks of Flamingo
-//! (vision encoder, perceiver resampler, gated cross-attention, decoder layers)
-//! and a writer to ONNX `ModelProto` (opset 17) with external data.
+//! (vision encoder, perceiver resampler, gated cross-attention, decoder layers),
+//! the layouts of this runtime's own kernels ([`kernels`]), and ONNX files
+//! ([`onnx`]: `ModelProto` with external data, written and read back through
+//! types generated from ONNX's schema).
 //!
-//! This crate is pure: it reads no files and runs nothing. Weights come from a
-//! [`WeightSource`], which the exporter implements over the checkpoints.
+//! This crate runs nothing and reads no checkpoint: weights come from a
+//! [`WeightSource`], which the exporter implements over the checkpoints. The
+//! graphs' I/O names and the manifest types are `flamingo_contract`'s.
 //!
 //! ```
 //! use flamingo_graphs::{DType, Dim, GraphBuilder, NoWeights};
@@ -17,12 +20,11 @@
 //! ```
 
 pub mod blocks;
-pub mod contract;
 mod error;
 mod ir;
+pub mod kernels;
 pub mod onnx;
 mod ops;
-mod proto;
 mod tensor;
 
 pub use error::{Error, Result};

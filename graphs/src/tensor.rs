@@ -23,33 +23,36 @@ pub enum DType {
 impl DType {
     /// The ONNX `TensorProto.DataType` code.
     pub fn onnx_code(self) -> i32 {
-        match self {
-            DType::F32 => 1,
-            DType::U8 => 2,
-            DType::I8 => 3,
-            DType::I32 => 6,
-            DType::I64 => 7,
-            DType::Bool => 9,
-            DType::F16 => 10,
-            DType::BF16 => 16,
-        }
+        use crate::onnx::proto::tensor_proto::DataType as T;
+        (match self {
+            DType::F32 => T::Float,
+            DType::U8 => T::Uint8,
+            DType::I8 => T::Int8,
+            DType::I32 => T::Int32,
+            DType::I64 => T::Int64,
+            DType::Bool => T::Bool,
+            DType::F16 => T::Float16,
+            DType::BF16 => T::Bfloat16,
+        }) as i32
     }
 
     /// The type of an ONNX `TensorProto.DataType` code, if supported.
     pub fn from_onnx_code(code: i64) -> Option<DType> {
-        [
-            DType::F32,
-            DType::U8,
-            DType::I8,
-            DType::I32,
-            DType::I64,
-            DType::Bool,
-            DType::F16,
-            DType::BF16,
-        ]
-        .into_iter()
-        .find(|d| d.onnx_code() as i64 == code)
+        DType::ALL
+            .into_iter()
+            .find(|d| d.onnx_code() as i64 == code)
     }
+
+    pub const ALL: [DType; 8] = [
+        DType::F32,
+        DType::F16,
+        DType::BF16,
+        DType::I64,
+        DType::I32,
+        DType::I8,
+        DType::U8,
+        DType::Bool,
+    ];
 
     pub fn size(self) -> usize {
         match self {

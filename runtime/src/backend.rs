@@ -233,7 +233,7 @@ impl BackendKind {
     /// optimisation profiles from its manifest).
     pub fn create_for(
         self,
-        manifest: Option<&flamingo_export::Manifest>,
+        manifest: Option<&flamingo_contract::Manifest>,
         gpu: &crate::gpu::GpuOptions,
     ) -> Result<Box<dyn Backend>> {
         let _ = (manifest, gpu);

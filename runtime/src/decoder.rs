@@ -2,13 +2,12 @@
 //! (media K/V, set once per prompt) and the self-attention KV cache (grows by
 //! each step's `present`, can rewind).
 
-use flamingo_graphs::contract as io;
+use flamingo_contract::{io, GraphRole, KvUpdate};
 use ndarray::{Array2, ArrayD, Axis, IxDyn};
 
 use crate::backend::{Input, Resident, Value, ValueRef};
 use crate::model::Model;
 use crate::{Error, Result};
-use flamingo_export::manifest::IN_PLACE;
 
 /// Cross-attention K/V of every gated layer, by graph input name.
 #[derive(Clone, Debug, Default)]
@@ -39,50 +38,61 @@ impl MediaKv {
 }
 
 /// The self-attention cache: per layer `(key, value)` `[batch, kv_heads, len,
-/// head_dim]`, on the host (`layers`) or, between the steps of a backend that
-/// binds its I/O, held by the backend (device memory under the GPU providers).
-///
-/// Decoders whose manifest says `kv_update: in-place` keep it, under ONNX
-/// Runtime on the CPU, in buffers longer than the cache that each step
-/// writes in place (no per-step copy of the past); `filled` counts the
-/// positions in use.
+/// head_dim]`, held in one of three ways ([`KvStore`]).
 #[derive(Clone, Debug)]
 pub struct KvCache {
-    pub layers: Vec<(ArrayD<f32>, ArrayD<f32>)>,
-    resident: Vec<(Resident, Resident)>,
-    filled: Option<usize>,
+    store: KvStore,
     reserve: usize,
+}
+
+/// Where a [`KvCache`] lives.
+#[derive(Clone, Debug)]
+pub enum KvStore {
+    /// On the host (backends that do not bind their I/O; after a rewind or
+    /// a beam reorder).
+    Host(Vec<(ArrayD<f32>, ArrayD<f32>)>),
+    /// Held by the backend between the steps of a decoder that binds its
+    /// I/O: each step's `present` (device memory under the GPU providers).
+    Resident(Vec<(Resident, Resident)>),
+    /// Buffers longer than the cache that each step writes in place (no
+    /// per-step copy of the past): decoders whose manifest says `kv_update:
+    /// in-place`, under ONNX Runtime on the CPU. `filled` positions are in use.
+    InPlace {
+        buffers: Vec<(Resident, Resident)>,
+        filled: usize,
+    },
 }
 
 impl KvCache {
     /// A host cache.
     pub fn new(layers: Vec<(ArrayD<f32>, ArrayD<f32>)>) -> KvCache {
         KvCache {
-            layers,
-            resident: Vec::new(),
-            filled: None,
+            store: KvStore::Host(layers),
             reserve: 0,
         }
     }
     /// Sizes in-place buffers for `positions` (prompt + new tokens, up to
     /// 512 past the current need), so they need not grow (they do, by
-    /// doubling, if a step goes past them).
+    /// doubling, if a step goes past it).
     pub fn reserve(&mut self, positions: usize) {
         self.reserve = positions;
     }
-    /// The positions in-place buffers hold (`None`: a plain cache).
+    pub fn store(&self) -> &KvStore {
+        &self.store
+    }
+    /// The positions in-place buffers hold (`None`: not in place).
     pub fn capacity(&self) -> Option<usize> {
-        self.filled?;
-        self.resident.first().map(|(k, _)| k.shape()[2])
+        match &self.store {
+            KvStore::InPlace { buffers, .. } => buffers.first().map(|(k, _)| k.shape()[2]),
+            _ => None,
+        }
     }
     /// Cached sequence length.
     pub fn len(&self) -> usize {
-        if let (Some(n), false) = (self.filled, self.resident.is_empty()) {
-            return n;
-        }
-        match self.resident.first() {
-            Some((k, _)) => k.shape()[2],
-            None => self.layers.first().map(|(k, _)| k.shape()[2]).unwrap_or(0),
+        match &self.store {
+            KvStore::Host(l) => l.first().map(|(k, _)| k.shape()[2]).unwrap_or(0),
+            KvStore::Resident(r) => r.first().map(|(k, _)| k.shape()[2]).unwrap_or(0),
+            KvStore::InPlace { filled, .. } => *filled,
         }
     }
     pub fn is_empty(&self) -> bool {
@@ -90,14 +100,22 @@ impl KvCache {
     }
     /// Whether the backend holds the cache (no host copy per step).
     pub fn is_resident(&self) -> bool {
-        !self.resident.is_empty()
+        !matches!(self.store, KvStore::Host(_))
     }
-    /// Brings a resident cache back to the host (`layers`).
-    pub fn to_host(&mut self) -> Result<()> {
-        if self.resident.is_empty() {
-            return Ok(());
+    /// The layers, when the cache is on the host.
+    pub fn host_layers(&self) -> Option<&[(ArrayD<f32>, ArrayD<f32>)]> {
+        match &self.store {
+            KvStore::Host(l) => Some(l),
+            _ => None,
         }
+    }
+    /// Brings a resident cache back to the host.
+    pub fn to_host(&mut self) -> Result<()> {
         let filled = self.len();
+        let resident = match &self.store {
+            KvStore::Host(_) => return Ok(()),
+            KvStore::Resident(r) | KvStore::InPlace { buffers: r, .. } => r,
+        };
         let host = |r: &Resident| -> Result<ArrayD<f32>> {
             let a = r.to_host()?.into_f32("present")?;
             Ok(match a.shape()[2] > filled {
@@ -105,27 +123,27 @@ impl KvCache {
                 false => a,
             })
         };
-        let mut layers = Vec::with_capacity(self.resident.len());
-        for (k, v) in &self.resident {
+        let mut layers = Vec::with_capacity(resident.len());
+        for (k, v) in resident {
             layers.push((host(k)?, host(v)?));
         }
-        self.layers = layers;
-        self.resident.clear();
-        self.filled = None;
+        self.store = KvStore::Host(layers);
         Ok(())
     }
     /// Keeps the first `len` positions (rewind).
     pub fn truncate(&mut self, len: usize) -> Result<()> {
-        if let (Some(n), false) = (self.filled, self.resident.is_empty()) {
+        if let KvStore::InPlace { filled, .. } = &mut self.store {
             // in-place buffers: the next step overwrites the rest
-            self.filled = Some(n.min(len));
+            *filled = (*filled).min(len);
             return Ok(());
         }
         self.to_host()?;
-        for (k, v) in &mut self.layers {
-            let n = len.min(k.shape()[2]);
-            *k = k.slice_axis(Axis(2), (0..n).into()).to_owned();
-            *v = v.slice_axis(Axis(2), (0..n).into()).to_owned();
+        if let KvStore::Host(layers) = &mut self.store {
+            for (k, v) in layers {
+                let n = len.min(k.shape()[2]);
+                *k = k.slice_axis(Axis(2), (0..n).into()).to_owned();
+                *v = v.slice_axis(Axis(2), (0..n).into()).to_owned();
+            }
         }
         Ok(())
     }
@@ -133,8 +151,9 @@ impl KvCache {
     pub fn select(&self, idx: &[usize]) -> Result<KvCache> {
         let mut host = self.clone();
         host.to_host()?;
+        let layers = host.host_layers().unwrap_or(&[]);
         let mut c = KvCache::new(
-            host.layers
+            layers
                 .iter()
                 .map(|(k, v)| (k.select(Axis(0), idx), v.select(Axis(0), idx)))
                 .collect(),
@@ -160,7 +179,7 @@ impl Model {
     /// The media K/V (visual-latent cache) of `latents [B,T,n,D]`.
     pub fn media_kv(&mut self, latents: ArrayD<f32>) -> Result<MediaKv> {
         let out = self.run_graph(
-            "media_kv",
+            GraphRole::MediaKv,
             vec![(io::LATENTS, ValueRef::F32(latents.view()))],
         )?;
         let mut tensors = Vec::new();
@@ -235,27 +254,27 @@ impl Model {
         // inputs are borrowed: the caches are not copied to call the graph;
         // with I/O binding, the KV cache and the media K/V stay with the
         // backend between steps and only the logits come back
-        let bind = self.binds_io("decoder");
+        let bind = self.binds_io(GraphRole::Decoder);
         if bind && media.resident.get().is_none() {
             let mut up = Vec::with_capacity(media.tensors.len());
             for (_, t) in &media.tensors {
-                up.push(self.upload("decoder", &Value::F32(t.clone()))?);
+                up.push(self.upload(GraphRole::Decoder, &Value::F32(t.clone()))?);
             }
             let _ = media.resident.set(up);
         }
         let in_place_graph = self
             .manifest
             .graphs
-            .get("decoder")
-            .and_then(|g| g.kv_update.as_deref())
-            == Some(IN_PLACE);
+            .get(&GraphRole::Decoder)
+            .and_then(|g| g.kv_update)
+            == Some(KvUpdate::InPlace);
         if in_place_graph && b > 1 && s > 1 && !cache.is_empty() {
             return Err(Error::Input(format!(
                 "this decoder (ONNX Runtime's GroupQueryAttention) takes several new tokens \
                  over a non-empty cache for one row at a time, not {b}"
             )));
         }
-        let in_place = in_place_graph && bind && self.updates_in_place("decoder");
+        let in_place = in_place_graph && bind && self.updates_in_place(GraphRole::Decoder);
         let keep = ArrayD::from_elem(IxDyn(&[1]), step.keep.clamp(1, s) as i64);
         let past_names: Vec<(String, String)> = (0..d.num_layers)
             .map(|i| (io::past_key(i), io::past_value(i)))
@@ -287,22 +306,28 @@ impl Model {
         if in_place {
             self.ensure_buffers(cache, b, total)?;
         }
-        if cache.resident.len() == d.num_layers {
-            for ((kn, vn), (k, v)) in past_names.iter().zip(&cache.resident) {
-                inputs.push((kn, Input::Resident(k)));
-                inputs.push((vn, Input::Resident(v)));
+        let count = match &cache.store {
+            KvStore::Host(l) => l.len(),
+            KvStore::Resident(r) | KvStore::InPlace { buffers: r, .. } => r.len(),
+        };
+        if count != d.num_layers {
+            return Err(Error::Input(format!(
+                "the KV cache has {count} layers, the decoder {}",
+                d.num_layers
+            )));
+        }
+        match &cache.store {
+            KvStore::Host(layers) => {
+                for ((kn, vn), (k, v)) in past_names.iter().zip(layers) {
+                    inputs.push((kn, Input::Host(ValueRef::F32(k.view()))));
+                    inputs.push((vn, Input::Host(ValueRef::F32(v.view()))));
+                }
             }
-        } else {
-            if cache.layers.len() != d.num_layers {
-                return Err(Error::Input(format!(
-                    "the KV cache has {} layers, the decoder {}",
-                    cache.layers.len(),
-                    d.num_layers
-                )));
-            }
-            for ((kn, vn), (k, v)) in past_names.iter().zip(&cache.layers) {
-                inputs.push((kn, Input::Host(ValueRef::F32(k.view()))));
-                inputs.push((vn, Input::Host(ValueRef::F32(v.view()))));
+            KvStore::Resident(r) | KvStore::InPlace { buffers: r, .. } => {
+                for ((kn, vn), (k, v)) in past_names.iter().zip(r) {
+                    inputs.push((kn, Input::Resident(k)));
+                    inputs.push((vn, Input::Resident(v)));
+                }
             }
         }
         match media.resident.get().filter(|_| bind) {
@@ -321,21 +346,29 @@ impl Model {
             let names: Vec<(String, String)> = (0..d.num_layers)
                 .map(|i| (io::present_key(i), io::present_value(i)))
                 .collect();
-            let buffers = cache.resident.clone();
+            let KvStore::InPlace { buffers, .. } = cache.store.clone() else {
+                return Err(Error::Input(
+                    "in-place KV buffers were not allocated".into(),
+                ));
+            };
             let mut into: Vec<(&str, &Resident)> = Vec::with_capacity(2 * d.num_layers);
             for ((kn, vn), (k, v)) in names.iter().zip(&buffers) {
                 into.push((kn, k));
                 into.push((vn, v));
             }
-            let (mut out, _) = self.run_graph_io_into("decoder", inputs, &into)?;
-            cache.filled = Some(total);
+            let (mut out, _) = self.run_graph_io_into(GraphRole::Decoder, inputs, &into)?;
+            drop(into);
+            cache.store = KvStore::InPlace {
+                buffers,
+                filled: total,
+            };
             return out
                 .remove(io::LOGITS)
                 .ok_or_else(|| Error::Input("decoder did not return logits".into()))?
                 .into_f32(io::LOGITS);
         }
         let present = |n: &str| bind && n.starts_with("present.");
-        let (mut out, mut kept) = self.run_graph_io("decoder", inputs, &present)?;
+        let (mut out, mut kept) = self.run_graph_io(GraphRole::Decoder, inputs, &present)?;
         let missing = |i: usize| Error::Input(format!("decoder did not return present.{i}"));
         if bind {
             let mut layers = Vec::with_capacity(d.num_layers);
@@ -346,8 +379,7 @@ impl Model {
                     .ok_or_else(|| missing(i))?;
                 layers.push((k, v));
             }
-            cache.resident = layers;
-            cache.layers.clear();
+            cache.store = KvStore::Resident(layers);
         } else {
             let mut layers = Vec::with_capacity(d.num_layers);
             for i in 0..d.num_layers {
@@ -357,8 +389,7 @@ impl Model {
                     .ok_or_else(|| missing(i))?;
                 layers.push((k.into_f32("present")?, v.into_f32("present")?));
             }
-            cache.layers = layers;
-            cache.resident.clear();
+            cache.store = KvStore::Host(layers);
         }
         out.remove(io::LOGITS)
             .ok_or_else(|| Error::Input("decoder did not return logits".into()))?
@@ -372,21 +403,23 @@ impl Model {
     /// reserved size (or double) with the cache copied in.
     fn ensure_buffers(&mut self, cache: &mut KvCache, batch: usize, total: usize) -> Result<()> {
         let d = &self.manifest.model.decoder;
-        // written in place only while this cache holds them alone (a
-        // clone of the cache shares them: copy on write)
-        let alone = cache.resident.iter().all(|(k, v)| {
-            std::sync::Arc::strong_count(&k.0) == 1 && std::sync::Arc::strong_count(&v.0) == 1
-        });
-        if let (Some(_), Some((k, _)), true) = (cache.filled, cache.resident.first(), alone) {
-            if k.shape()[0] == batch && k.shape()[2] >= total {
-                return Ok(());
+        let grown = match &cache.store {
+            KvStore::InPlace { buffers, .. } => {
+                // written in place only while this cache holds them alone (a
+                // clone of the cache shares them: copy on write)
+                let alone = buffers.iter().all(|(k, v)| {
+                    std::sync::Arc::strong_count(&k.0) == 1
+                        && std::sync::Arc::strong_count(&v.0) == 1
+                });
+                let have = buffers.first().map_or(0, |(k, _)| k.shape()[2]);
+                let rows = buffers.first().map_or(0, |(k, _)| k.shape()[0]);
+                if alone && rows == batch && have >= total {
+                    return Ok(());
+                }
+                2 * have
             }
-        }
-        let grown = cache
-            .resident
-            .first()
-            .filter(|_| cache.filled.is_some())
-            .map_or(0, |(k, _)| 2 * k.shape()[2]);
+            _ => 0,
+        };
         // the reserve up to 512 positions ahead: a long `max_new_tokens`
         // that stops early does not hold its whole cache from the start
         let ahead = cache.reserve.min(total + 512);
@@ -394,14 +427,18 @@ impl Model {
         let past = cache.len();
         cache.to_host()?;
         let (kv_heads, head_dim, layers) = (d.kv_heads, d.head_dim, d.num_layers);
-        if cache.layers.len() != layers {
+        let host = match std::mem::replace(&mut cache.store, KvStore::Host(Vec::new())) {
+            KvStore::Host(l) => l,
+            _ => return Err(Error::Input("the KV cache did not come to the host".into())),
+        };
+        if host.len() != layers {
             return Err(Error::Input(format!(
                 "the KV cache has {} layers, the decoder {layers}",
-                cache.layers.len()
+                host.len()
             )));
         }
         let mut buffers = Vec::with_capacity(layers);
-        for (k, v) in std::mem::take(&mut cache.layers) {
+        for (k, v) in host {
             let mut pair = Vec::with_capacity(2);
             for a in [k, v] {
                 if a.shape() != [batch, kv_heads, past, head_dim] {
@@ -412,7 +449,7 @@ impl Model {
                 }
                 let mut buf = ArrayD::<f32>::zeros(IxDyn(&[batch, kv_heads, cap, head_dim]));
                 buf.slice_axis_mut(Axis(2), (0..past).into()).assign(&a);
-                pair.push(self.buffer("decoder", &Value::F32(buf))?);
+                pair.push(self.buffer(GraphRole::Decoder, &Value::F32(buf))?);
             }
             let v = pair.pop();
             match (pair.pop(), v) {
@@ -420,8 +457,10 @@ impl Model {
                 _ => return Err(Error::Input("KV buffer allocation failed".into())),
             }
         }
-        cache.resident = buffers;
-        cache.filled = Some(past);
+        cache.store = KvStore::InPlace {
+            buffers,
+            filled: past,
+        };
         Ok(())
     }
 }

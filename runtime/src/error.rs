@@ -10,7 +10,9 @@ pub enum Error {
     #[error("{path}: not a readable image: {message}")]
     BadImage { path: String, message: String },
     #[error(transparent)]
-    Export(#[from] flamingo_export::Error),
+    Contract(#[from] flamingo_contract::Error),
+    #[error(transparent)]
+    Graph(#[from] flamingo_graphs::Error),
     #[error("backend {backend}: {message}")]
     Backend { backend: String, message: String },
     #[error("backend `{0}` is not available in this build (enable the `{1}` feature)")]

@@ -7,7 +7,7 @@
 
 use std::path::{Path, PathBuf};
 
-use flamingo_export::manifest::{GraphInfo, Manifest};
+use flamingo_contract::{GraphInfo, Manifest};
 
 /// Settings of the GPU backends.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -160,7 +160,11 @@ mod tests {
     #[test]
     fn decoder_profiles_cover_prefill_and_decode() {
         let m = manifest();
-        let p = profile(&m, m.graph("decoder").unwrap(), &ProfileLimits::default());
+        let p = profile(
+            &m,
+            m.graph(flamingo_contract::GraphRole::Decoder).unwrap(),
+            &ProfileLimits::default(),
+        );
         let min = Profile::shapes(&p.min);
         let max = Profile::shapes(&p.max);
         assert!(min.contains("input_ids:1x1"), "{min}");

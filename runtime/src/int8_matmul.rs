@@ -10,7 +10,8 @@
 //! A decode step reads every weight once; ONNX Runtime's int8
 //! `MatMulNBits` kernel is compute-bound on AVX2 without VNNI, this one
 //! streams the weights at close to the memory bandwidth: the weights of
-//! 8 output channels are interleaved per 8 `k` ([`pack`]), so each thread
+//! 8 output channels are interleaved per 8 `k` ([`pack`], the layout in
+//! `flamingo_graphs::kernels`), so each thread
 //! reads one contiguous stream, and an 8-wide widening + FMA per 8 weights
 //! keeps up with memory. Several rows (a batch, a prompt) go four at a
 //! time over chunks of a tile that stay in L1, each weight widened once per
@@ -20,65 +21,10 @@
 //! ([`pack`]); `scales` float32 `[N]`. Attributes `K`, `N`. Output float32
 //! `[..., N]`.
 
-/// The operator's domain.
-pub const DOMAIN: &str = "ai.flamingo";
-/// The operator's name.
-pub const OP: &str = "MatMulInt8";
-/// Output channels per tile.
-pub const TILE: usize = 8;
-/// `k` per interleaved step.
-pub const KSTEP: usize = 8;
+pub use flamingo_graphs::kernels::int8::{check, pack, packed_shape, DOMAIN, KSTEP, OP, TILE};
+
 /// Tiles per parallel task.
 const TASK_TILES: usize = 16;
-
-/// The packed weight's shape for `n` output channels of `k` inputs.
-pub fn packed_shape(n: usize, k: usize) -> [usize; 4] {
-    [n.div_ceil(TILE), k.div_ceil(KSTEP), TILE, KSTEP]
-}
-
-/// `[n, k]` row-major int8 codes → the operator's layout: tile `t`, step
-/// `s`, channel `c`, offset `j` holds `Q[t·8 + c, s·8 + j]`, zeros past `n`
-/// and `k`.
-pub fn pack(codes: &[i8], n: usize, k: usize) -> Vec<i8> {
-    let [tiles, steps, _, _] = packed_shape(n, k);
-    let mut out = vec![0i8; tiles * steps * TILE * KSTEP];
-    for (r, row) in codes.chunks_exact(k.max(1)).take(n).enumerate() {
-        let (t, c) = (r / TILE, r % TILE);
-        for (i, &q) in row.iter().enumerate() {
-            let (s, j) = (i / KSTEP, i % KSTEP);
-            out[((t * steps + s) * TILE + c) * KSTEP + j] = q;
-        }
-    }
-    out
-}
-
-/// Why a product's operands cannot be multiplied.
-pub fn check(
-    a_len: usize,
-    k: usize,
-    b_len: usize,
-    scales: usize,
-    n: usize,
-) -> Result<usize, String> {
-    if k == 0 || n == 0 {
-        return Err(format!("{OP}: K = {k} and N = {n} must be positive"));
-    }
-    if !a_len.is_multiple_of(k) {
-        return Err(format!(
-            "{OP}: input of {a_len} values is not rows of K = {k}"
-        ));
-    }
-    let want: usize = packed_shape(n, k).iter().product();
-    if b_len != want {
-        return Err(format!(
-            "{OP}: packed weight has {b_len} values, expected {want} for N = {n}, K = {k}"
-        ));
-    }
-    if scales != n {
-        return Err(format!("{OP}: {scales} scales for N = {n} channels"));
-    }
-    Ok(a_len / k)
-}
 
 /// `Y` (`[m, n]`, row-major) shared by a product's tasks, each of which
 /// writes the columns of its own tiles (`TASK_TILES` tiles of 8 channels).

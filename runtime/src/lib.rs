@@ -4,25 +4,21 @@
 //!
 //! The [`Pipeline`] is what applications drive: interleaved image/text
 //! prompts, greedy / beam / sampling generation, streaming, close-ended
-//! scoring and batches.
+//! scoring and batches. It reads an export through its manifest
+//! (`flamingo_contract`) alone: nothing here reads a checkpoint. The same
+//! example runs, on the bundled tiny model, as a test of `flamingo-tests`
+//! (`tests/tests/readme.rs`).
 //!
-//! ```
+//! ```no_run
 //! use flamingo_runtime::{BackendKind, GenerateOptions, Media, Pipeline, Request};
-//! # let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/tiny-mpt");
-//! # let dir = std::env::temp_dir().join(format!("flamingo-doc-{}", std::process::id()));
-//! # flamingo_export::export(&flamingo_export::ExportOptions {
-//! #     clip: fixture.join("clip/open_clip_pytorch_model.bin"), vision_preset: None,
-//! #     lm: fixture.join("lm"), checkpoint: fixture.join("checkpoint.pt"),
-//! #     tokenizer: fixture.join("tokenizer"), cross_attn_every_n_layers: 1,
-//! #     out: dir.clone(), force: true, rewrite: None }, &mut flamingo_export::NoProgress)?;
-//! # let (cat, dog) = (fixture.join("images/img1.png"), fixture.join("images/img0.png"));
+//! # let (dir, cat, dog) = ("of-3b", "cat.png", "dog.png");
 //! // `dir` is a directory written by `flamingo export`
-//! let mut flamingo = Pipeline::load(&dir, BackendKind::Tract)?;
+//! let mut flamingo = Pipeline::load(dir.as_ref(), BackendKind::Tract)?;
 //!
 //! // few-shot: one <image> marker per media item, in order
 //! let request = Request {
 //!     prompt: "<image>An apple.<|endofchunk|><image>A photo of".into(),
-//!     media: vec![Media::Image(cat.clone()), Media::Image(dog.clone())],
+//!     media: vec![Media::Image(cat.into()), Media::Image(dog.into())],
 //!     options: GenerateOptions { max_new_tokens: 8, num_beams: 3, ..Default::default() },
 //! };
 //! let out = flamingo.generate(&request)?;
@@ -33,10 +29,9 @@
 //! flamingo.generate_stream(&greedy, &mut |t| { print!("{}", t.text); true })?;
 //!
 //! // close-ended scoring: sum of candidate-token log-probabilities
-//! let scores = flamingo.score("<image>Question: what is it? Answer:", &[Media::Image(cat)],
+//! let scores = flamingo.score("<image>Question: what is it? Answer:", &[Media::Image(cat.into())],
 //!                             &[" a cat.".to_string(), " a dog.".to_string()])?;
 //! assert_eq!(scores.len(), 2);
-//! # std::fs::remove_dir_all(&dir).ok();
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
@@ -46,6 +41,7 @@ mod error;
 pub mod gpu;
 pub mod int4_matmul;
 pub mod int8_matmul;
+pub mod media_cache;
 mod model;
 #[cfg(feature = "ort")]
 pub mod ort_backend;
@@ -58,8 +54,8 @@ pub mod tokenizer;
 pub mod tract_backend;
 
 pub use backend::{Backend, BackendKind, Input, Resident, Session, Value, ValueRef};
-pub use decoder::{KvCache, MediaKv, Step};
+pub use decoder::{KvCache, KvStore, MediaKv, Step};
 pub use error::{Error, Result};
 pub use model::{Encoded, Media, Model, Observer};
 pub use pipeline::{CandidateScore, Generation, Pipeline, Request, Sequence, TokenEvent};
-pub use search::GenerateOptions;
+pub use search::{GenerateOptions, Search};

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use flamingo_export::Manifest;
+use flamingo_contract::{io, GraphRole, Manifest};
 use ndarray::{Array4, ArrayD, Axis};
 
 use crate::backend::{Backend, BackendKind, Session, Value, ValueRef};
@@ -49,7 +49,7 @@ pub struct Model {
 
 /// Sees every graph run: the graph's role and all its outputs (calibration
 /// adds the activations it observes as extra outputs).
-pub type Observer = Box<dyn FnMut(&str, &HashMap<String, Value>) + Send>;
+pub type Observer = Box<dyn FnMut(GraphRole, &HashMap<String, Value>) + Send>;
 
 impl Model {
     /// Loads an export directory on `backend`.
@@ -74,7 +74,7 @@ impl Model {
         be: &dyn Backend,
         kind: BackendKind,
     ) -> Result<Model> {
-        let path = |role: &str| -> Result<PathBuf> {
+        let path = |role: GraphRole| -> Result<PathBuf> {
             let g = manifest.graph(role)?;
             if let (Some(req), BackendKind::Tract) = (&g.requires, kind) {
                 return Err(Error::Input(format!(
@@ -86,10 +86,10 @@ impl Model {
             }
             Ok(dir.join(&g.file))
         };
-        let vision = be.load(&path("vision_encoder")?)?;
-        let resampler = be.load(&path("resampler")?)?;
-        let media_kv = be.load(&path("media_kv")?)?;
-        let decoder = be.load(&path("decoder")?)?;
+        let vision = be.load(&path(GraphRole::VisionEncoder)?)?;
+        let resampler = be.load(&path(GraphRole::Resampler)?)?;
+        let media_kv = be.load(&path(GraphRole::MediaKv)?)?;
+        let decoder = be.load(&path(GraphRole::Decoder)?)?;
         Ok(Model {
             dir: dir.to_path_buf(),
             manifest,
@@ -103,16 +103,16 @@ impl Model {
     }
 
     /// Which provider runs each graph.
-    pub fn providers(&self) -> Vec<(String, String)> {
+    pub fn providers(&self) -> Vec<(GraphRole, String)> {
         let mut v = vec![
-            ("vision_encoder".into(), self.vision.provider()),
-            ("resampler".into(), self.resampler.provider()),
+            (GraphRole::VisionEncoder, self.vision.provider()),
+            (GraphRole::Resampler, self.resampler.provider()),
         ];
         if let Some(s) = &self.media_kv {
-            v.push(("media_kv".into(), s.provider()));
+            v.push((GraphRole::MediaKv, s.provider()));
         }
         if let Some(s) = &self.decoder {
-            v.push(("decoder".into(), s.provider()));
+            v.push((GraphRole::Decoder, s.provider()));
         }
         v
     }
@@ -125,7 +125,7 @@ impl Model {
     /// Runs the graph `role` and shows its outputs to the observer.
     pub(crate) fn run_graph(
         &mut self,
-        role: &str,
+        role: GraphRole,
         inputs: Vec<(&str, ValueRef<'_>)>,
     ) -> Result<HashMap<String, Value>> {
         let out = self.session(role)?.run(inputs)?;
@@ -135,23 +135,22 @@ impl Model {
         Ok(out)
     }
 
-    fn session(&mut self, role: &str) -> Result<&mut Box<dyn crate::backend::Session>> {
+    fn session(&mut self, role: GraphRole) -> Result<&mut Box<dyn crate::backend::Session>> {
         match role {
-            "vision_encoder" => Some(&mut self.vision),
-            "resampler" => Some(&mut self.resampler),
-            "media_kv" => self.media_kv.as_mut(),
-            "decoder" => self.decoder.as_mut(),
-            _ => None,
+            GraphRole::VisionEncoder => Some(&mut self.vision),
+            GraphRole::Resampler => Some(&mut self.resampler),
+            GraphRole::MediaKv => self.media_kv.as_mut(),
+            GraphRole::Decoder => self.decoder.as_mut(),
         }
         .ok_or_else(|| Error::Input(format!("this export has no {role} graph")))
     }
 
     /// Whether graph `role` runs with I/O binding (values kept by the backend).
-    pub(crate) fn binds_io(&mut self, role: &str) -> bool {
+    pub(crate) fn binds_io(&mut self, role: GraphRole) -> bool {
         self.session(role).map(|s| s.binds_io()).unwrap_or(false)
     }
 
-    pub(crate) fn updates_in_place(&mut self, role: &str) -> bool {
+    pub(crate) fn updates_in_place(&mut self, role: GraphRole) -> bool {
         self.session(role)
             .map(|s| s.updates_in_place())
             .unwrap_or(false)
@@ -160,7 +159,7 @@ impl Model {
     /// [`Self::run_graph_io`], the outputs in `into` written in place.
     pub(crate) fn run_graph_io_into(
         &mut self,
-        role: &str,
+        role: GraphRole,
         inputs: Vec<(&str, crate::backend::Input<'_>)>,
         into: &[(&str, &crate::backend::Resident)],
     ) -> Result<crate::backend::IoOutputs> {
@@ -172,12 +171,20 @@ impl Model {
     }
 
     /// A copy of `v` the backend running `role` may write in place.
-    pub(crate) fn buffer(&mut self, role: &str, v: &Value) -> Result<crate::backend::Resident> {
+    pub(crate) fn buffer(
+        &mut self,
+        role: GraphRole,
+        v: &Value,
+    ) -> Result<crate::backend::Resident> {
         self.session(role)?.buffer(v)
     }
 
     /// Hands `v` to the backend running `role`, once.
-    pub(crate) fn upload(&mut self, role: &str, v: &Value) -> Result<crate::backend::Resident> {
+    pub(crate) fn upload(
+        &mut self,
+        role: GraphRole,
+        v: &Value,
+    ) -> Result<crate::backend::Resident> {
         self.session(role)?.upload(v)
     }
 
@@ -185,7 +192,7 @@ impl Model {
     /// with the backend. The observer sees the host outputs.
     pub(crate) fn run_graph_io(
         &mut self,
-        role: &str,
+        role: GraphRole,
         inputs: Vec<(&str, crate::backend::Input<'_>)>,
         keep: &dyn Fn(&str) -> bool,
     ) -> Result<crate::backend::IoOutputs> {
@@ -218,10 +225,10 @@ impl Model {
             )));
         }
         let mut out = self.run_graph(
-            "vision_encoder",
-            vec![("pixel_values", ValueRef::F32(pixels.view()))],
+            GraphRole::VisionEncoder,
+            vec![(io::PIXEL_VALUES, ValueRef::F32(pixels.view()))],
         )?;
-        take(&mut out, "vision_tokens")
+        take(&mut out, io::VISION_TOKENS)
     }
 
     /// `resampler`: tokens `[B,T,F,P,D]` -> latents `[B,T,n,D]`.
@@ -251,10 +258,10 @@ impl Model {
             }
         }
         let mut out = self.run_graph(
-            "resampler",
-            vec![("vision_tokens", ValueRef::F32(tokens.view()))],
+            GraphRole::Resampler,
+            vec![(io::VISION_TOKENS, ValueRef::F32(tokens.view()))],
         )?;
-        take(&mut out, "latents")
+        take(&mut out, io::LATENTS)
     }
 
     /// Encodes one prompt's media: all items must have the same frame count

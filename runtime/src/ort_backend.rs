@@ -92,7 +92,7 @@ pub enum Providers {
     #[cfg(feature = "cuda")]
     Cuda(crate::gpu::GpuOptions),
     #[cfg(feature = "tensorrt")]
-    TensorRt(crate::gpu::GpuOptions, Box<flamingo_export::Manifest>),
+    TensorRt(crate::gpu::GpuOptions, Box<flamingo_contract::Manifest>),
 }
 
 /// ONNX Runtime with the CPU, CUDA or TensorRT execution provider.
@@ -157,7 +157,8 @@ impl OrtBackend {
                 if let Some(t) = crate::gpu::calibration_table(_role, o) {
                     trt = trt.with_int8_calibration_table_name(t.display());
                 }
-                if let Ok(g) = m.graph(_role) {
+                let file = path.file_name().and_then(|f| f.to_str()).unwrap_or("");
+                if let Some(g) = m.graphs.values().find(|g| g.file == file) {
                     let p = crate::gpu::profile(m, g, &o.limits);
                     if !p.min.is_empty() {
                         use crate::gpu::Profile;

@@ -1,9 +1,10 @@
 //! The full pipeline: prompt + media -> preprocess -> vision encoder ->
 //! resampler -> media K/V -> decoder prefill -> decode loop, with the caches
-//! reused. Media are cached across requests by content hash (few-shot
-//! support images are encoded once), within a memory bound.
+//! reused. Media are cached across requests by content hash
+//! ([`crate::media_cache`]: few-shot support images are encoded once). The
+//! token choices are the searches' ([`crate::search`]); this file pads the
+//! rows, runs the decoder and feeds the searches' tokens back.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use ndarray::{concatenate, Array2, ArrayD, Axis, IxDyn};
@@ -12,9 +13,10 @@ use sha2::{Digest, Sha256};
 
 use crate::backend::BackendKind;
 use crate::decoder::{position_ids, MediaKv, Step};
+use crate::media_cache::MediaCache;
 use crate::model::{Media, Model};
 use crate::preprocess::{decode_image, preprocess};
-use crate::search::{self, argmax, BeamHyps, GenerateOptions, Rng};
+use crate::search::{self, GenerateOptions, Search};
 use crate::tokenizer::Tokenizer;
 use crate::{Error, Result};
 
@@ -60,44 +62,6 @@ pub struct TokenEvent<'a> {
     pub text: &'a str,
 }
 
-/// Caches vision tokens per image and latents per media item, by content hash.
-struct MediaCache {
-    entries: HashMap<[u8; 32], (ArrayD<f32>, u64)>,
-    bytes: usize,
-    budget: usize,
-    clock: u64,
-}
-
-impl MediaCache {
-    fn get(&mut self, k: &[u8; 32]) -> Option<ArrayD<f32>> {
-        self.clock += 1;
-        let c = self.clock;
-        self.entries.get_mut(k).map(|e| {
-            e.1 = c;
-            e.0.clone()
-        })
-    }
-    fn put(&mut self, k: [u8; 32], v: ArrayD<f32>) {
-        let size = v.len() * 4;
-        if size > self.budget {
-            return;
-        }
-        while self.bytes + size > self.budget {
-            let Some(oldest) = self.entries.iter().min_by_key(|e| (e.1).1).map(|e| *e.0) else {
-                break;
-            };
-            if let Some((old, _)) = self.entries.remove(&oldest) {
-                self.bytes -= old.len() * 4;
-            }
-        }
-        self.clock += 1;
-        if let Some((old, _)) = self.entries.insert(k, (v, self.clock)) {
-            self.bytes -= old.len() * 4;
-        }
-        self.bytes += size;
-    }
-}
-
 /// Left-padded rows: the prefill step and the batched media K/V.
 struct Padded {
     step: Step,
@@ -140,20 +104,13 @@ impl Pipeline {
         Ok(Pipeline {
             model,
             tokenizer,
-            cache: MediaCache {
-                entries: HashMap::new(),
-                bytes: 0,
-                budget: DEFAULT_MEDIA_CACHE_BYTES,
-                clock: 0,
-            },
+            cache: MediaCache::new(DEFAULT_MEDIA_CACHE_BYTES),
         })
     }
 
     /// Bounds the media cache (0 disables it).
     pub fn set_media_cache_bytes(&mut self, bytes: usize) {
-        self.cache.budget = bytes;
-        self.cache.entries.clear();
-        self.cache.bytes = 0;
+        self.cache = MediaCache::new(bytes);
     }
 
     /// Token ids of a prompt, checked against the media given.
@@ -310,8 +267,8 @@ impl Pipeline {
         on_token: &mut dyn FnMut(TokenEvent) -> bool,
     ) -> Result<Generation> {
         let p = self.prepare(req)?;
-        if p.opts.num_beams > 1 {
-            let g = self.beam_search(&p)?;
+        let g = self.run_batch(&[p], on_token)?.remove(0);
+        if req.options.num_beams > 1 {
             if let Some(s) = g.sequences.first() {
                 for &t in &s.generated_ids {
                     let text = self.tokenizer.decode(&[t])?;
@@ -322,9 +279,8 @@ impl Pipeline {
                     });
                 }
             }
-            return Ok(g);
         }
-        Ok(self.run_batch(&[p], on_token)?.remove(0))
+        Ok(g)
     }
 
     /// Generates for several requests; each gets its own result, so one bad
@@ -337,7 +293,9 @@ impl Pipeline {
         for (i, r) in reqs.iter().enumerate() {
             match self.prepare(r) {
                 Err(e) => results[i] = Some(Err(e)),
-                Ok(p) if p.opts.num_beams > 1 => results[i] = Some(self.beam_search(&p)),
+                Ok(p) if p.opts.num_beams > 1 => {
+                    results[i] = Some(self.run_batch(&[p], &mut |_| true).map(|mut g| g.remove(0)))
+                }
                 Ok(p) => {
                     batch.push(p);
                     batch_idx.push(i);
@@ -406,35 +364,34 @@ impl Pipeline {
         })
     }
 
-    /// Greedy / sampling over a left-padded batch.
+    /// Runs the prepared requests as one decoder batch: each request's
+    /// search (greedy, sampling: one row; beam search: one row per beam,
+    /// the prompt repeated) over its left-padded rows, stepped together.
     fn run_batch(
         &mut self,
         preps: &[Prepared],
         on_token: &mut dyn FnMut(TokenEvent) -> bool,
     ) -> Result<Vec<Generation>> {
-        let b = preps.len();
-        let rows: Vec<&[u32]> = preps.iter().map(|p| p.ids.as_slice()).collect();
-        let kvs: Vec<&MediaKv> = preps.iter().map(|p| &p.kv).collect();
+        let mut rows: Vec<&[u32]> = Vec::new();
+        let mut kvs: Vec<&MediaKv> = Vec::new();
+        let mut n_media = Vec::new();
+        for p in preps {
+            for _ in 0..p.opts.num_beams.max(1) {
+                rows.push(&p.ids);
+                kvs.push(&p.kv);
+                n_media.push(p.n_media);
+            }
+        }
         let Padded { step, kv } = self.pad_rows(&rows, &kvs)?;
-        let mut mask = step.attention_mask.clone();
-        let mut seqs: Vec<Vec<u32>> = step
-            .input_ids
-            .rows()
-            .into_iter()
-            .map(|r| r.iter().map(|&t| t as u32).collect())
-            .collect();
-        let mut cache = self.model.empty_cache(b);
+        let mut groups: Vec<Box<dyn Search>> = Vec::with_capacity(preps.len());
+        let mut r0 = 0;
+        for p in preps {
+            let row: Vec<u32> = step.input_ids.row(r0).iter().map(|&t| t as u32).collect();
+            let g = search::search(&p.opts, &row, &p.stop);
+            r0 += g.rows();
+            groups.push(g);
+        }
         let most_new = preps.iter().map(|p| p.opts.max_new_tokens).max();
-        cache.reserve(step.input_ids.ncols() + most_new.unwrap_or(0));
-        let mut logits = self.model.decode(&step, &kv, &mut cache)?;
-        let mut rngs: Vec<Rng> = preps.iter().map(|p| Rng::new(p.opts.seed)).collect();
-        let mut generated: Vec<Vec<u32>> = vec![Vec::new(); b];
-        let mut finished = vec![false; b];
-        let max_new = preps
-            .iter()
-            .map(|p| p.opts.max_new_tokens)
-            .max()
-            .unwrap_or(0);
         let fill = self
             .model
             .manifest
@@ -442,39 +399,109 @@ impl Pipeline {
             .lm
             .pad_token_id
             .unwrap_or(preps[0].stop[0]);
-        let mut stopped_by_caller = false;
-        for t in 0..max_new {
+        self.drive(
+            &mut groups,
+            step,
+            &kv,
+            &n_media,
+            most_new.unwrap_or(0),
+            fill,
+            on_token,
+        )?;
+        preps
+            .iter()
+            .zip(groups)
+            .map(|(p, g)| {
+                let sequences = g
+                    .finish()
+                    .into_iter()
+                    .map(|(ids, score)| {
+                        Ok(Sequence {
+                            text: self.tokenizer.decode(&ids)?,
+                            generated_ids: ids,
+                            score,
+                        })
+                    })
+                    .collect::<Result<_>>()?;
+                Ok(Generation {
+                    prompt_ids: p.ids.clone(),
+                    sequences,
+                })
+            })
+            .collect()
+    }
+
+    /// The decode loop: prefills `step`, then hands each search its rows'
+    /// logits and feeds back the tokens it picks (rows of a finished search
+    /// get `fill`), reordering the cache where beams move, until every
+    /// search is done or a callback asks to stop. Request `i` of the events
+    /// is search `i`.
+    #[allow(clippy::too_many_arguments)]
+    fn drive(
+        &mut self,
+        groups: &mut [Box<dyn Search>],
+        step: Step,
+        kv: &MediaKv,
+        n_media: &[i64],
+        most_new: usize,
+        fill: u32,
+        on_token: &mut dyn FnMut(TokenEvent) -> bool,
+    ) -> Result<()> {
+        let b = step.input_ids.nrows();
+        let mut mask = step.attention_mask.clone();
+        let mut cache = self.model.empty_cache(b);
+        cache.reserve(step.input_ids.ncols() + most_new);
+        let mut logits = self.model.decode(&step, kv, &mut cache)?;
+        let mut done: Vec<bool> = groups.iter().map(|g| g.is_done()).collect();
+        while !done.iter().all(|&d| d) {
             let mut next = vec![fill; b];
-            for i in 0..b {
-                if finished[i] {
-                    continue;
+            let mut order: Vec<usize> = (0..b).collect();
+            let (mut moved, mut stop) = (false, false);
+            let mut r0 = 0;
+            for (gi, g) in groups.iter_mut().enumerate() {
+                let n = g.rows();
+                if !done[gi] {
+                    let last: Array2<f32> = logits
+                        .slice_axis(Axis(0), (r0..r0 + n).into())
+                        .index_axis(Axis(1), 0)
+                        .to_owned()
+                        .into_dimensionality()
+                        .map_err(|e| Error::Input(e.to_string()))?;
+                    let mut err = None;
+                    let tok = &self.tokenizer;
+                    let d = g
+                        .step(last.view(), &mut |t| match tok.decode(&[t]) {
+                            Ok(text) => on_token(TokenEvent {
+                                request: gi,
+                                token: t,
+                                text: &text,
+                            }),
+                            Err(e) => {
+                                err = Some(e);
+                                false
+                            }
+                        })
+                        .map_err(Error::Input)?;
+                    if let Some(e) = err {
+                        return Err(e);
+                    }
+                    next[r0..r0 + n].copy_from_slice(&d.tokens);
+                    if let Some(o) = d.reorder {
+                        for (i, src) in o.into_iter().enumerate() {
+                            order[r0 + i] = r0 + src;
+                        }
+                        moved = true;
+                    }
+                    done[gi] = d.done;
+                    stop |= d.stop;
                 }
-                let p = &preps[i];
-                let mut scores: Vec<f32> = logits.index_axis(Axis(0), i).iter().copied().collect();
-                search::process(&mut scores, &seqs[i], &p.opts);
-                next[i] = if p.opts.is_greedy() {
-                    argmax(&scores)
-                } else {
-                    search::warp(&mut scores, &p.opts);
-                    search::sample(&scores, &mut rngs[i])
-                };
-                generated[i].push(next[i]);
-                let text = self.tokenizer.decode(&[next[i]])?;
-                if !on_token(TokenEvent {
-                    request: i,
-                    token: next[i],
-                    text: &text,
-                }) {
-                    stopped_by_caller = true;
-                }
-                if p.stop.contains(&next[i]) || generated[i].len() >= p.opts.max_new_tokens {
-                    finished[i] = true;
-                }
+                r0 += n;
             }
-            for i in 0..b {
-                seqs[i].push(next[i]);
+            if moved {
+                cache = cache.select(&order)?;
+                mask = mask.select(Axis(0), &order);
             }
-            if stopped_by_caller || finished.iter().all(|&f| f) || t + 1 == max_new {
+            if stop || done.iter().all(|&d| d) {
                 break;
             }
             mask = concatenate(Axis(1), &[mask.view(), Array2::ones((b, 1)).view()])
@@ -488,135 +515,14 @@ impl Pipeline {
                     input_ids: Array2::from_shape_fn((b, 1), |(i, _)| next[i] as i64),
                     attention_mask: mask.clone(),
                     position_ids: step_pos,
-                    media_time: Array2::from_shape_fn((b, 1), |(i, _)| preps[i].n_media),
+                    media_time: Array2::from_shape_fn((b, 1), |(i, _)| n_media[i]),
                     keep: 1,
                 },
-                &kv,
+                kv,
                 &mut cache,
             )?;
         }
-        preps
-            .iter()
-            .zip(generated)
-            .map(|(p, g)| {
-                Ok(Generation {
-                    prompt_ids: p.ids.clone(),
-                    sequences: vec![Sequence {
-                        text: self.tokenizer.decode(&g)?,
-                        generated_ids: g,
-                        score: None,
-                    }],
-                })
-            })
-            .collect()
-    }
-
-    /// Beam search for one request (transformers' `BeamSearchScorer`).
-    fn beam_search(&mut self, p: &Prepared) -> Result<Generation> {
-        let o = &p.opts;
-        let k = o.num_beams;
-        let s = p.ids.len();
-        let max_len = s + o.max_new_tokens;
-        let kv = p.kv.select(&vec![0; k]);
-        let row: Vec<i64> = p.ids.iter().map(|&t| t as i64).collect();
-        let mt = crate::decoder::media_time(&row, self.model.manifest.special_tokens.media as i64);
-        let pos: Vec<i64> = (0..s as i64).collect();
-        let rep = |v: &[i64]| Array2::from_shape_fn((k, v.len()), |(_, j)| v[j]);
-        let mut cache = self.model.empty_cache(k);
-        cache.reserve(max_len);
-        let mut logits = self.model.decode(
-            &Step {
-                input_ids: rep(&row),
-                attention_mask: Array2::ones((k, s)),
-                position_ids: rep(&pos),
-                media_time: rep(&mt),
-                keep: 1,
-            },
-            &kv,
-            &mut cache,
-        )?;
-        let mut beam_scores: Vec<f32> = (0..k).map(|i| if i == 0 { 0.0 } else { -1e9 }).collect();
-        let mut seqs: Vec<Vec<u32>> = vec![p.ids.clone(); k];
-        let mut hyps = BeamHyps::new(k, o.length_penalty, o.early_stopping);
-        let mut cur_len = s;
-        let mut done = false;
-        while cur_len < max_len {
-            let v = logits.shape()[2];
-            let mut cand: Vec<(f32, usize)> = Vec::with_capacity(k * v);
-            for (bi, seq) in seqs.iter().enumerate() {
-                let raw: Vec<f32> = logits.index_axis(Axis(0), bi).iter().copied().collect();
-                let mut lp = search::log_softmax(&raw);
-                search::process(&mut lp, seq, o);
-                for (t, x) in lp.into_iter().enumerate() {
-                    cand.push((x + beam_scores[bi], bi * v + t));
-                }
-            }
-            cand.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
-            cand.truncate(2 * k);
-            let mut next: Vec<(f32, u32, usize)> = Vec::with_capacity(k);
-            for (rank, &(score, flat)) in cand.iter().enumerate() {
-                let (bi, tok) = (flat / v, (flat % v) as u32);
-                if p.stop.contains(&tok) {
-                    if rank >= k {
-                        continue;
-                    }
-                    hyps.add(seqs[bi].clone(), score, cur_len + 1 - s);
-                } else {
-                    next.push((score, tok, bi));
-                }
-                if next.len() == k {
-                    break;
-                }
-            }
-            if next.len() < k {
-                return Err(Error::Input("beam search ran out of candidates".into()));
-            }
-            done = hyps.is_done(cand[0].0, cur_len + 1 - s);
-            let order: Vec<usize> = next.iter().map(|n| n.2).collect();
-            seqs = next
-                .iter()
-                .map(|&(_, tok, bi)| {
-                    let mut q = seqs[bi].clone();
-                    q.push(tok);
-                    q
-                })
-                .collect();
-            beam_scores = next.iter().map(|n| n.0).collect();
-            cache = cache.select(&order)?;
-            cur_len += 1;
-            if done || cur_len >= max_len {
-                break;
-            }
-            let step = Step {
-                input_ids: Array2::from_shape_fn((k, 1), |(i, _)| seqs[i][cur_len - 1] as i64),
-                attention_mask: Array2::ones((k, cur_len)),
-                position_ids: Array2::from_elem((k, 1), cur_len as i64 - 1),
-                media_time: Array2::from_elem((k, 1), p.n_media),
-                keep: 1,
-            };
-            logits = self.model.decode(&step, &kv, &mut cache)?;
-        }
-        if !done {
-            for (bi, seq) in seqs.iter().enumerate() {
-                hyps.add(seq.clone(), beam_scores[bi], seq.len() - s);
-            }
-        }
-        let mut sequences = Vec::new();
-        for (score, mut hyp) in hyps.best().into_iter().take(o.num_return_sequences) {
-            if hyp.len() < max_len {
-                hyp.push(p.stop[0]);
-            }
-            let g = hyp[s..].to_vec();
-            sequences.push(Sequence {
-                text: self.tokenizer.decode(&g)?,
-                generated_ids: g,
-                score: Some(score),
-            });
-        }
-        Ok(Generation {
-            prompt_ids: p.ids.clone(),
-            sequences,
-        })
+        Ok(())
     }
 
     /// Close-ended scoring: for each candidate, the sum of the log-probabilities

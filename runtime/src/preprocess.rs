@@ -6,7 +6,7 @@
 
 use std::path::Path;
 
-use flamingo_export::config::PreprocessConfig;
+use flamingo_contract::PreprocessConfig;
 use ndarray::Array3;
 
 use crate::{Error, Result};

@@ -1,5 +1,14 @@
 //! Shared helpers for the golden tests: fixture paths, one export per fixture
-//! per test process, reference tensors, and the backends every test runs on.
+//! per test process, reference tensors, the backends every test runs on,
+//! the precision [`Variant`]s, the tolerances of each ([`tolerance`]) and
+//! the macros that make one test per backend or variant and fixture
+//! ([`golden!`], [`per_variant!`]).
+
+pub mod golden;
+pub mod tolerance;
+pub mod variant;
+
+pub use variant::Variant;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -145,10 +154,23 @@ pub fn indices(v: &serde_json::Value) -> Vec<usize> {
 static CONVERTED: OnceLock<Mutex<HashMap<String, PathBuf>>> = OnceLock::new();
 
 /// The fixture's fp32 export rewritten with `flamingo convert` semantics
-/// (`tag` names the rewrite), once per test process.
+/// (`tag` names the rewrite, and its precision where it is one: test-only
+/// rewrites of the fp32 graphs, fusions and float stand-ins, stay fp32),
+/// once per test process.
 pub fn converted(
     name: &str,
     tag: &str,
+    rewrite: flamingo_calibration::convert::RoleRewrite,
+) -> Result<PathBuf> {
+    let precision = serde_json::from_value(serde_json::Value::from(tag)).unwrap_or_default();
+    converted_as(name, tag, precision, rewrite)
+}
+
+/// [`converted`], recording `precision` in the manifest.
+pub fn converted_as(
+    name: &str,
+    tag: &str,
+    precision: flamingo_contract::Precision,
     rewrite: flamingo_calibration::convert::RoleRewrite,
 ) -> Result<PathBuf> {
     let src = exported(name)?;
@@ -161,7 +183,7 @@ pub fn converted(
         return Ok(p.clone());
     }
     let out = scratch().join(format!("convert-{key}"));
-    flamingo_calibration::convert::convert(&src, &out, false, tag, rewrite, &mut NoProgress)
+    flamingo_calibration::convert::convert(&src, &out, false, precision, rewrite, &mut NoProgress)
         .with_context(|| format!("converting {name} to {tag}"))?;
     map.insert(key, out.clone());
     Ok(out)

@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use flamingo_export::safetensors::{write_f32, Named};
 use flamingo_export::{export, ExportOptions, NoProgress, TensorStore};
 use flamingo_tests::*;
@@ -67,7 +67,7 @@ fn exporting_twice_gives_byte_identical_files() -> Result<()> {
         let b = scratch().join(format!("det-b-{fx}"));
         export(&export_options(fx, &a)?, &mut NoProgress)?;
         export(&export_options(fx, &b)?, &mut NoProgress)?;
-        let files = flamingo_export::Manifest::load(&a)?.files;
+        let files = flamingo_contract::Manifest::load(&a)?.files;
         assert!(files.len() >= 4, "{files:?}");
         for f in files.keys().map(String::as_str).chain(["manifest.json"]) {
             let (x, y) = (std::fs::read(a.join(f))?, std::fs::read(b.join(f))?);
@@ -80,11 +80,11 @@ fn exporting_twice_gives_byte_identical_files() -> Result<()> {
 #[test]
 fn the_manifest_records_hashes_that_match_the_files() -> Result<()> {
     let dir = exported("tiny-neox")?;
-    let m = flamingo_export::Manifest::load(&dir)?;
+    let m = flamingo_contract::Manifest::load(&dir)?;
     for (f, h) in &m.files {
         assert_eq!(&flamingo_export::sha256_file(&dir.join(f))?, h, "{f}");
     }
-    let g = m.graph("vision_encoder")?;
+    let g = m.graph(flamingo_contract::GraphRole::VisionEncoder)?;
     assert_eq!(g.inputs[0].name, "pixel_values");
     assert_eq!(
         g.outputs[0].shape,
@@ -363,5 +363,63 @@ fn a_wrong_cross_attention_interval_is_an_error() -> Result<()> {
         &o,
         &["--cross-attn-every-n-layers", "gated_cross_attn_layer"],
     )?;
+    Ok(())
+}
+
+/// The manifests (holding every other file's sha256) of the fixtures'
+/// exports, of their fp16 and quantised rewrites and of the of-mini preset
+/// are those recorded before the exporter-runtime contract, the ONNX schema
+/// and the family configs were refactored: the refactors changed no byte.
+#[test]
+fn exports_are_byte_identical_to_the_recorded_ones() -> Result<()> {
+    use flamingo_calibration::weights::WeightBits;
+    use flamingo_contract::Precision;
+    let text = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("data/export-sha256.json"),
+    )?;
+    let recorded: serde_json::Value = serde_json::from_str(&text)?;
+    let recorded = recorded["manifests"].as_object().context("manifests")?;
+    let manifest_sha = |dir: &Path| flamingo_export::sha256_file(&dir.join("manifest.json"));
+    let mut checked = 0;
+    for (key, want) in recorded {
+        let (fx, variant) = key.split_once('/').context("fixture/variant")?;
+        let dir = match variant {
+            "fp32" if fx == "of-mini" => {
+                let out = scratch().join("hash-of-mini");
+                flamingo_export::export_preset(fx, &out, false, None, &mut NoProgress)?;
+                out
+            }
+            "fp32" => exported(fx)?,
+            "export-fp16" => {
+                let out = scratch().join(format!("hash-{fx}-fp16"));
+                let mut o = export_options(fx, &out)?;
+                o.rewrite = Some((Precision::Fp16, flamingo_calibration::fp16::to_fp16));
+                export(&o, &mut NoProgress)?;
+                out
+            }
+            kind => {
+                let bits = match kind {
+                    "int8" => WeightBits::Int8,
+                    "int8-ort" => WeightBits::Int8Ort { block_size: 32 },
+                    "int4" => WeightBits::Int4 { block_size: 32 },
+                    "int8-flamingo" => WeightBits::Int8Flamingo,
+                    "int4-flamingo" => WeightBits::Int4Flamingo { block_size: 32 },
+                    other => anyhow::bail!("unknown variant {other}"),
+                };
+                flamingo_tests::variant::quantized(fx, bits)?
+            }
+        };
+        let got = manifest_sha(&dir)?;
+        assert_eq!(
+            &got,
+            want.as_str().context("sha")?,
+            "{key}: manifest.json differs"
+        );
+        if fx == "of-mini" {
+            std::fs::remove_dir_all(&dir)?;
+        }
+        checked += 1;
+    }
+    assert_eq!(checked, 19);
     Ok(())
 }

@@ -1,15 +1,20 @@
 //! Vision encoder, resampler and preprocessing against the reference
-//! (FLAMINGO.md sections 2-4), on every backend.
+//! (FLAMINGO.md sections 2-4): one test per backend and fixture.
 
 use anyhow::{Context, Result};
 use flamingo_runtime::preprocess::{load_image, preprocess};
-use flamingo_runtime::Model;
+use flamingo_runtime::{BackendKind, Model};
 use flamingo_tests::*;
+
+golden!([tiny_mpt = "tiny-mpt", tiny_neox = "tiny-neox", tiny_llama = "tiny-llama",
+         tiny_llama_video = "tiny-llama-video"]
+    vision_tokens_match_the_reference,
+    latents_match_the_reference_for_every_case);
 
 #[test]
 fn preprocessing_matches_the_reference_pixels_within_one_level() -> Result<()> {
     for fx in FIXTURES {
-        let m = flamingo_export::Manifest::load(&exported(fx)?)?;
+        let m = flamingo_contract::Manifest::load(&exported(fx)?)?;
         let expected = Expected::load(fx)?.get("pixel_values")?;
         for i in 0..expected.shape()[0] {
             let img = load_image(&fixture(fx).join(format!("images/img{i}.png")))?;
@@ -18,86 +23,83 @@ fn preprocessing_matches_the_reference_pixels_within_one_level() -> Result<()> {
             let d = max_abs_diff(&ours, &want)?;
             eprintln!("preprocess {fx} img{i}: max abs diff {d:.3e}");
             assert!(
-                d <= 0.02,
-                "{fx} img{i}: max abs diff {d} > 0.02 (one uint8 level)"
+                d <= tolerance::PIXELS,
+                "{fx} img{i}: max abs diff {d} > one uint8 level"
             );
         }
     }
     Ok(())
 }
 
-#[test]
-fn vision_tokens_match_the_reference() -> Result<()> {
-    for backend in BACKENDS {
-        for fx in FIXTURES {
-            let mut model = Model::load(&exported(fx)?, backend)?;
-            let exp = Expected::load(fx)?;
-            let tokens = model.vision_tokens(exp.get("pixel_values")?)?;
-            let d = max_abs_diff(&tokens, &exp.get("vision_tokens")?)?;
-            eprintln!("vision_tokens {backend} {fx}: max abs diff {d:.3e}");
-            assert!(d <= 1e-4, "{backend} {fx}: vision_tokens max abs diff {d}");
-        }
-    }
+fn vision_tokens_match_the_reference(fx: &str, backend: BackendKind) -> Result<()> {
+    let mut model = Model::load(&exported(fx)?, backend)?;
+    let exp = Expected::load(fx)?;
+    let tokens = model.vision_tokens(exp.get("pixel_values")?)?;
+    let d = max_abs_diff(&tokens, &exp.get("vision_tokens")?)?;
+    eprintln!("vision_tokens {backend} {fx}: max abs diff {d:.3e}");
+    assert!(
+        d <= tolerance::VISION,
+        "{backend} {fx}: vision_tokens max abs diff {d}"
+    );
     Ok(())
 }
 
 /// Each case's media through the vision encoder and resampler, from the
 /// reference pixels, as the reference batches them: `[1, T, F, P, D]`.
-#[test]
-fn latents_match_the_reference_for_every_case() -> Result<()> {
+fn latents_match_the_reference_for_every_case(fx: &str, backend: BackendKind) -> Result<()> {
     let mut checked = 0;
-    for backend in BACKENDS {
-        for fx in FIXTURES {
-            let mut model = Model::load(&exported(fx)?, backend)?;
-            let exp = Expected::load(fx)?;
-            let px = exp.get("pixel_values")?;
-            for case in cases(fx)?["cases"].as_array().context("cases")? {
-                let Some(key) = case["expect"]["latents"].as_str() else {
-                    continue;
-                };
-                let (idx, t, f) = if case.get("frames").is_some() {
-                    let fr = indices(&case["frames"]);
-                    let n = fr.len();
-                    (fr, 1, n)
-                } else {
-                    let im = indices(&case["images"]);
-                    let n = im.len();
-                    (im, n, 1)
-                };
-                let tokens = model.vision_tokens(select(&px, &idx))?;
-                let (p, d) = (tokens.shape()[1], tokens.shape()[2]);
-                let grouped = tokens.into_shape_with_order(vec![1, t, f, p, d])?;
-                let latents = model.latents(grouped)?;
-                let diff = max_abs_diff(&latents, &exp.get(key)?)?;
-                eprintln!("latents {backend} {fx} {key}: max abs diff {diff:.3e}");
-                assert!(diff <= 1e-4, "{backend} {fx} {key}: max abs diff {diff}");
-                checked += 1;
-            }
-        }
+    let mut model = Model::load(&exported(fx)?, backend)?;
+    let exp = Expected::load(fx)?;
+    let px = exp.get("pixel_values")?;
+    for case in cases(fx)?["cases"].as_array().context("cases")? {
+        let Some(key) = case["expect"]["latents"].as_str() else {
+            continue;
+        };
+        let (idx, t, f) = if case.get("frames").is_some() {
+            let fr = indices(&case["frames"]);
+            let n = fr.len();
+            (fr, 1, n)
+        } else {
+            let im = indices(&case["images"]);
+            let n = im.len();
+            (im, n, 1)
+        };
+        let tokens = model.vision_tokens(select(&px, &idx))?;
+        let (p, d) = (tokens.shape()[1], tokens.shape()[2]);
+        let grouped = tokens.into_shape_with_order(vec![1, t, f, p, d])?;
+        let latents = model.latents(grouped)?;
+        let diff = max_abs_diff(&latents, &exp.get(key)?)?;
+        eprintln!("latents {backend} {fx} {key}: max abs diff {diff:.3e}");
+        assert!(
+            diff <= tolerance::VISION,
+            "{backend} {fx} {key}: max abs diff {diff}"
+        );
+        checked += 1;
     }
-    // 3 image fixtures x 4 cases + the video case, on 2 backends
+    // 4 cases per image fixture, the video case for the video fixture
+    let want = if fx.ends_with("video") { 1 } else { 4 };
     assert_eq!(
-        checked,
-        2 * (3 * 4 + 1),
-        "every case with expected latents was checked"
+        checked, want,
+        "{fx}: every case with expected latents was checked"
     );
     Ok(())
 }
 
 /// From the PNGs through Rust preprocessing, `Model::encode` lands on the
 /// reference latents (preprocessing is bit-exact on the fixtures).
-#[test]
-fn encode_from_pngs_is_close_to_the_reference() -> Result<()> {
-    for backend in BACKENDS {
-        let fx = "tiny-llama-video";
-        let mut model = Model::load(&exported(fx)?, backend)?;
-        let frames = (0..3)
-            .map(|i| fixture(fx).join(format!("images/img{i}.png")))
-            .collect();
-        let enc = model.encode(&[flamingo_runtime::Media::Video(frames)])?;
-        let d = max_abs_diff(&enc.latents, &Expected::load(fx)?.get("video/latents")?)?;
-        eprintln!("latents from PNGs {backend}: max abs diff {d:.3e}");
-        assert!(d <= 1e-4, "{backend}: latents from PNGs differ by {d}");
-    }
+fn encode_from_pngs_is_close_to_the_reference(fx: &str, backend: BackendKind) -> Result<()> {
+    let mut model = Model::load(&exported(fx)?, backend)?;
+    let frames = (0..3)
+        .map(|i| fixture(fx).join(format!("images/img{i}.png")))
+        .collect();
+    let enc = model.encode(&[flamingo_runtime::Media::Video(frames)])?;
+    let d = max_abs_diff(&enc.latents, &Expected::load(fx)?.get("video/latents")?)?;
+    eprintln!("latents from PNGs {backend}: max abs diff {d:.3e}");
+    assert!(
+        d <= tolerance::VISION,
+        "{backend}: latents from PNGs differ by {d}"
+    );
     Ok(())
 }
+
+golden!([tiny_llama_video = "tiny-llama-video"] encode_from_pngs_is_close_to_the_reference);

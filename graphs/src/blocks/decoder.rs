@@ -9,9 +9,9 @@
 
 use super::primitives::{gelu_erf, layer_norm, linear, merge_heads, split_heads};
 use super::resampler::feed_forward;
-use crate::contract as io;
 use crate::ir::{Attr, Scope, Value};
 use crate::{DType, Error, Result};
+use flamingo_contract::io;
 
 /// Normalisation of a decoder layer.
 #[derive(Clone, Debug, PartialEq)]
@@ -132,6 +132,29 @@ impl DecoderConfig {
     }
     pub fn uses_position_ids(&self) -> bool {
         matches!(self.position, PositionKind::Rotary { .. })
+    }
+}
+
+impl From<&DecoderConfig> for flamingo_contract::DecoderInfo {
+    fn from(c: &DecoderConfig) -> flamingo_contract::DecoderInfo {
+        flamingo_contract::DecoderInfo {
+            num_layers: c.num_layers,
+            hidden_size: c.hidden,
+            heads: c.heads,
+            kv_heads: c.kv_heads,
+            head_dim: c.head_dim,
+            vocab_size: c.vocab,
+            gated_layers: c.gated_layers(),
+            uses_position_ids: c.uses_position_ids(),
+            xattn_heads: c.xattn.heads,
+            xattn_dim_head: c.xattn.dim_head,
+            num_latents: c.xattn.num_latents,
+            position: match c.position {
+                PositionKind::Alibi { .. } => flamingo_contract::Position::Alibi,
+                PositionKind::Rotary { .. } => flamingo_contract::Position::Rotary,
+            },
+            cache_layout: flamingo_contract::manifest::CACHE_LAYOUT.into(),
+        }
     }
 }
 

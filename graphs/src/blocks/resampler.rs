@@ -22,6 +22,21 @@ pub struct ResamplerConfig {
     pub max_num_media: Option<usize>,
 }
 
+impl From<&ResamplerConfig> for flamingo_contract::ResamplerInfo {
+    fn from(r: &ResamplerConfig) -> flamingo_contract::ResamplerInfo {
+        flamingo_contract::ResamplerInfo {
+            dim: r.dim,
+            depth: r.depth,
+            heads: r.heads,
+            dim_head: r.dim_head,
+            num_latents: r.num_latents,
+            ff_mult: r.ff_mult,
+            max_num_frames: r.max_num_frames,
+            max_num_media: r.max_num_media,
+        }
+    }
+}
+
 /// The resampler at scope `perceiver`: `[B,T,F,v,D]` -> `[B,T,n_latents,D]`.
 pub fn perceiver_resampler(s: &mut Scope, cfg: &ResamplerConfig, x: Value) -> Result<Value> {
     let d = cfg.dim;

@@ -55,6 +55,24 @@ impl VisionConfig {
     }
 }
 
+impl From<&VisionConfig> for flamingo_contract::VisionInfo {
+    fn from(v: &VisionConfig) -> flamingo_contract::VisionInfo {
+        flamingo_contract::VisionInfo {
+            image_size: v.image_size,
+            patch_size: v.patch_size,
+            width: v.width,
+            layers: v.layers,
+            heads: v.heads,
+            mlp_dim: v.mlp_dim,
+            activation: match v.activation {
+                Activation::QuickGelu => flamingo_contract::VisionActivation::QuickGelu,
+                Activation::Gelu => flamingo_contract::VisionActivation::Gelu,
+            },
+            num_tokens: v.num_patches(),
+        }
+    }
+}
+
 /// The vision tower at scope `visual`: pixels `[N,3,H,W]` -> tokens `[N,P,D]`.
 pub fn vision_encoder(s: &mut Scope, cfg: &VisionConfig, pixels: Value) -> Result<Value> {
     cfg.validate()?;

@@ -1,8 +1,25 @@
-//! Token selection with transformers 4.36 semantics: logits processors
-//! (repetition penalty, no-repeat n-gram), warpers (temperature, top-k,
-//! top-p), seeded sampling, and the beam hypotheses of `BeamSearchScorer`.
+//! Token selection with transformers 4.36 semantics, one strategy per file
+//! behind one stepping trait ([`Search`]): [`greedy`], [`sampling`]
+//! (temperature, top-k, top-p warpers, seeded draws) and [`beam`]
+//! (`BeamSearchScorer`). Here: the options, the logits processors every
+//! strategy applies (repetition penalty, no-repeat n-gram) and the
+//! bookkeeping of one generated row.
+//!
+//! A search owns a group of decoder rows (one for greedy and sampling, the
+//! beams for beam search); the pipeline runs one or several groups as one
+//! decoder batch, hands each its rows' last logits per step, and feeds
+//! back the tokens it picks (reordering the KV cache when beams swap).
 
+pub mod beam;
+pub mod greedy;
+pub mod sampling;
+
+use ndarray::ArrayView2;
 use serde::{Deserialize, Serialize};
+
+pub use beam::{BeamHyps, BeamSearch};
+pub use greedy::Greedy;
+pub use sampling::Sampling;
 
 /// How to pick tokens. Defaults follow transformers' `GenerationConfig`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -141,40 +158,6 @@ pub fn process(scores: &mut [f32], seq: &[u32], o: &GenerateOptions) {
     }
 }
 
-/// Temperature, top-k, top-p (`TemperatureLogitsWarper`, `TopKLogitsWarper`,
-/// `TopPLogitsWarper`), in that order.
-pub fn warp(scores: &mut [f32], o: &GenerateOptions) {
-    if o.temperature != 1.0 && o.temperature > 0.0 {
-        for s in scores.iter_mut() {
-            *s /= o.temperature;
-        }
-    }
-    if o.top_k > 0 && o.top_k < scores.len() {
-        let mut sorted: Vec<f32> = scores.to_vec();
-        sorted.sort_by(|a, b| b.total_cmp(a));
-        let kth = sorted[o.top_k - 1];
-        for s in scores.iter_mut() {
-            if *s < kth {
-                *s = f32::NEG_INFINITY;
-            }
-        }
-    }
-    if o.top_p < 1.0 {
-        let mut idx: Vec<usize> = (0..scores.len()).collect();
-        // ascending, as transformers sorts
-        idx.sort_by(|&a, &b| scores[a].total_cmp(&scores[b]));
-        let probs = softmax(&idx.iter().map(|&i| scores[i]).collect::<Vec<_>>());
-        let mut cum = 0.0f32;
-        let last = idx.len() - 1;
-        for (r, &i) in idx.iter().enumerate() {
-            cum += probs[r];
-            if cum <= 1.0 - o.top_p && r != last {
-                scores[i] = f32::NEG_INFINITY;
-            }
-        }
-    }
-}
-
 pub fn softmax(x: &[f32]) -> Vec<f32> {
     let m = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let e: Vec<f32> = x.iter().map(|v| (v - m).exp()).collect();
@@ -199,109 +182,103 @@ pub fn argmax(x: &[f32]) -> u32 {
     best as u32
 }
 
-/// Draws from `softmax(scores)` (multinomial with one sample).
-pub fn sample(scores: &[f32], rng: &mut Rng) -> u32 {
-    let p = softmax(scores);
-    let u = rng.uniform() as f32;
-    let mut cum = 0.0;
-    let mut last_ok = 0;
-    for (i, pi) in p.iter().enumerate() {
-        if *pi > 0.0 {
-            last_ok = i;
-            cum += pi;
-            if u < cum {
-                return i as u32;
-            }
-        }
-    }
-    last_ok as u32
+/// What a search decided at one step.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Decision {
+    /// The next token of each of the search's rows.
+    pub tokens: Vec<u32>,
+    /// Row `i` continues row `reorder[i]` of the last step (beams), if any moved.
+    pub reorder: Option<Vec<usize>>,
+    /// The search has its result: it needs no further step.
+    pub done: bool,
+    /// The caller asked to stop (a streaming callback returned false).
+    pub stop: bool,
 }
 
-/// Finished hypotheses of one batch item (`BeamHypotheses`).
-#[derive(Clone, Debug, Default)]
-pub struct BeamHyps {
-    pub beams: Vec<(f32, Vec<u32>)>,
-    worst: f32,
-    num_beams: usize,
-    length_penalty: f32,
-    early_stopping: bool,
+/// One decoding strategy over a group of decoder rows, stepped by the
+/// pipeline.
+pub trait Search: Send {
+    /// The decoder rows it runs.
+    fn rows(&self) -> usize;
+    /// Done before any step (nothing to generate).
+    fn is_done(&self) -> bool;
+    /// Picks the next tokens from the rows' last logits (`[rows, vocab]`);
+    /// `emit` streams a token (returning false asks to stop).
+    fn step(
+        &mut self,
+        logits: ArrayView2<f32>,
+        emit: &mut dyn FnMut(u32) -> bool,
+    ) -> Result<Decision, String>;
+    /// The sequences found, best first: new tokens and, for beams, the score.
+    fn finish(&self) -> Vec<(Vec<u32>, Option<f32>)>;
 }
 
-impl BeamHyps {
-    pub fn new(num_beams: usize, length_penalty: f32, early_stopping: bool) -> BeamHyps {
-        BeamHyps {
-            beams: Vec::new(),
-            worst: 1e9,
-            num_beams,
-            length_penalty,
-            early_stopping,
+/// The search `opts` ask for, over `prompt` (the row as the decoder sees
+/// it, left padding included) with the stop tokens `stop`.
+pub fn search(opts: &GenerateOptions, prompt: &[u32], stop: &[u32]) -> Box<dyn Search> {
+    if opts.num_beams > 1 {
+        Box::new(BeamSearch::new(opts, prompt, stop))
+    } else if opts.is_greedy() {
+        Box::new(Greedy::new(opts, prompt, stop))
+    } else {
+        Box::new(Sampling::new(opts, prompt, stop))
+    }
+}
+
+/// One generated row: the sequence so far (the processors read it), the
+/// new tokens, and when to stop.
+#[derive(Clone, Debug)]
+pub struct Row {
+    seq: Vec<u32>,
+    generated: Vec<u32>,
+    stop: Vec<u32>,
+    opts: GenerateOptions,
+}
+
+impl Row {
+    pub fn new(opts: &GenerateOptions, prompt: &[u32], stop: &[u32]) -> Row {
+        Row {
+            seq: prompt.to_vec(),
+            generated: Vec::new(),
+            stop: stop.to_vec(),
+            opts: opts.clone(),
         }
     }
 
-    pub fn add(&mut self, hyp: Vec<u32>, sum_logprobs: f32, generated_len: usize) {
-        let score = sum_logprobs / (generated_len as f32).powf(self.length_penalty);
-        if self.beams.len() < self.num_beams || score > self.worst {
-            self.beams.push((score, hyp));
-            if self.beams.len() > self.num_beams {
-                let mut sorted: Vec<(f32, usize)> = self
-                    .beams
-                    .iter()
-                    .enumerate()
-                    .map(|(i, b)| (b.0, i))
-                    .collect();
-                sorted.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
-                self.beams.remove(sorted[0].1);
-                self.worst = sorted[1].0;
-            } else {
-                self.worst = self.worst.min(score);
-            }
+    fn is_done(&self) -> bool {
+        self.generated.len() >= self.opts.max_new_tokens
+    }
+
+    /// Processes `logits`, picks with `pick`, streams and records the token.
+    fn step(
+        &mut self,
+        logits: ArrayView2<f32>,
+        pick: &mut dyn FnMut(&mut Vec<f32>, &GenerateOptions) -> u32,
+        emit: &mut dyn FnMut(u32) -> bool,
+    ) -> Decision {
+        let mut scores: Vec<f32> = logits.row(0).iter().copied().collect();
+        process(&mut scores, &self.seq, &self.opts);
+        let t = pick(&mut scores, &self.opts);
+        self.generated.push(t);
+        self.seq.push(t);
+        let stop = !emit(t);
+        let done = self.stop.contains(&t) || self.is_done();
+        Decision {
+            tokens: vec![t],
+            reorder: None,
+            done,
+            stop,
         }
     }
 
-    pub fn is_done(&self, best_sum_logprobs: f32, generated_len: usize) -> bool {
-        if self.beams.len() < self.num_beams {
-            return false;
-        }
-        if self.early_stopping {
-            return true;
-        }
-        let highest = best_sum_logprobs / (generated_len as f32).powf(self.length_penalty);
-        self.worst >= highest
-    }
-
-    /// Best first (a stable sort, then popped from the end, as transformers does).
-    pub fn best(&self) -> Vec<(f32, Vec<u32>)> {
-        let mut b = self.beams.clone();
-        b.sort_by(|x, y| x.0.total_cmp(&y.0));
-        b.reverse();
-        b
+    fn finish(&self) -> Vec<(Vec<u32>, Option<f32>)> {
+        vec![(self.generated.clone(), None)]
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn top_k_and_top_p_keep_the_likely_tokens() {
-        let o = GenerateOptions {
-            top_k: 2,
-            ..Default::default()
-        };
-        let mut s = vec![1.0, 3.0, 2.0, 0.0];
-        warp(&mut s, &o);
-        assert_eq!(s[0], f32::NEG_INFINITY);
-        assert_eq!(s[3], f32::NEG_INFINITY);
-        assert_eq!((s[1], s[2]), (3.0, 2.0));
-        let o = GenerateOptions {
-            top_k: 0,
-            top_p: 0.5,
-            ..Default::default()
-        };
-        let mut s = vec![0.0, 5.0, 0.0];
-        warp(&mut s, &o);
-        assert_eq!(s.iter().filter(|v| v.is_finite()).count(), 1);
-    }
 
     #[test]
     fn repetition_penalty_and_no_repeat_ngram_follow_transformers() {

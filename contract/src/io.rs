@@ -1,6 +1,10 @@
-//! The graphs' I/O contract: tensor names shared by the exporter, the
-//! manifest and every runtime. Names follow ONNX Runtime GenAI / Optimum.
+//! The graphs' I/O names, shared by the exporter, the manifest and every
+//! runtime. Names follow ONNX Runtime GenAI / Optimum.
 
+/// `vision_encoder` input: `[num_images, 3, S, S]` float32.
+pub const PIXEL_VALUES: &str = "pixel_values";
+/// `vision_encoder` output, `resampler` input.
+pub const VISION_TOKENS: &str = "vision_tokens";
 /// `decoder` input: token ids `[batch, seq]` int64.
 pub const INPUT_IDS: &str = "input_ids";
 /// `decoder` input: `[batch, past_seq + seq]` int64, 1 = real token, 0 = padding.
@@ -14,7 +18,7 @@ pub const MEDIA_TIME: &str = "media_time";
 pub const NUM_LOGITS_TO_KEEP: &str = "num_logits_to_keep";
 /// `decoder` output: `[batch, kept, vocab]` float32.
 pub const LOGITS: &str = "logits";
-/// `media_kv` input: `[batch, num_media, num_latents, dim_visual]`.
+/// `resampler` output, `media_kv` input: `[batch, num_media, num_latents, dim_visual]`.
 pub const LATENTS: &str = "latents";
 
 pub fn past_key(layer: usize) -> String {
