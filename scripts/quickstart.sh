@@ -2,8 +2,9 @@
 # The main job on a fresh machine: build the CLI, export a model to ONNX and
 # generate from images with the embedded tract backend (nothing else to install).
 # Usage: scripts/quickstart.sh [FIXTURE_DIR] [OUT_DIR]
-#   FIXTURE_DIR: a release-layout dir (clip/, lm/, checkpoint.pt, tokenizer/,
-#                flamingo.json); defaults to the bundled tiny MPT model.
+#   FIXTURE_DIR: a release-layout dir (clip/, lm/, checkpoint.pt, optional
+#                tokenizer/); defaults to the bundled tiny MPT model
+#                (tests/fixtures/tiny-mosaic ships as OpenFlamingo-3B does).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 src="${1:-$root/tests/fixtures/tiny-mpt}"
@@ -11,10 +12,16 @@ out="${2:-$root/out/$(basename "$src")}"
 cd "$root"
 cargo build --release -p flamingo
 bin="$root/target/release/flamingo"
-n=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["cross_attn_every_n_layers"])' "$src/flamingo.json" 2>/dev/null || echo 1)
-"$bin" export --clip "$src/clip/open_clip_pytorch_model.bin" --lm "$src/lm" \
-  --checkpoint "$src/checkpoint.pt" --tokenizer "$src/tokenizer" \
-  --cross-attn-every-n-layers "$n" --out "$out" --force
+if [ -f "$src/clip/open_clip_pytorch_model.bin" ]; then
+  clip="$src/clip/open_clip_pytorch_model.bin"
+else
+  clip="$src/clip"   # a directory: its weights file is found inside (e.g. OpenAI's TorchScript model.pt)
+fi
+tok=()
+[ -d "$src/tokenizer" ] && tok=(--tokenizer "$src/tokenizer")   # else the LM repo's own
+# the cross-attention interval is read from checkpoint.pt
+"$bin" export --clip "$clip" --lm "$src/lm" --checkpoint "$src/checkpoint.pt" "${tok[@]}" \
+  --out "$out" --force
 "$bin" inspect "$out"
 echo "--- few-shot generation (tract):"
 "$bin" generate --model "$out" \

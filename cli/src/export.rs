@@ -7,7 +7,8 @@ use anyhow::Result;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// open_clip vision weights (open_clip_pytorch_model.bin or .safetensors)
+    /// Vision weights: open_clip's open_clip_pytorch_model.bin / .safetensors,
+    /// or OpenAI's TorchScript ViT-L-14.pt (a directory holding one works)
     #[arg(long, required_unless_present = "preset")]
     clip: Option<PathBuf>,
     /// Vision tower preset when no open_clip_config.json sits beside --clip (e.g. ViT-L-14)
@@ -16,16 +17,27 @@ pub struct Args {
     /// Hugging Face language-model directory (config.json + weights)
     #[arg(long, required_unless_present = "preset")]
     lm: Option<PathBuf>,
-    /// OpenFlamingo checkpoint.pt (perceiver, cross-attention layers, embeddings)
+    /// OpenFlamingo checkpoint.pt (perceiver, cross-attention layers,
+    /// embeddings), or a directory holding it
     #[arg(long, required_unless_present = "preset")]
     checkpoint: Option<PathBuf>,
-    /// Tokenizer directory (tokenizer.json)
-    #[arg(long, required_unless_present = "preset")]
+    /// Tokenizer directory (tokenizer.json) [default: --lm, the LM repo's
+    /// own, with OpenFlamingo's <|endofchunk|>, <image> and <PAD> added as
+    /// open_flamingo adds them]
+    #[arg(long)]
     tokenizer: Option<PathBuf>,
-    /// Gated cross-attention before every n-th decoder layer (releases: 1, 2 or 4)
-    #[arg(long, required_unless_present = "preset")]
+    /// Gated cross-attention before every n-th decoder layer (releases: 1, 2
+    /// or 4) [default: read from the layers checkpoint.pt holds]
+    #[arg(long)]
     cross_attn_every_n_layers: Option<usize>,
-    /// Export an official shape instead of a release: of-mini, of-3b, of-4b, of-9b
+    /// A public release whose shapes and settings the files must have:
+    /// openflamingo-3b-vitl-mpt1b, openflamingo-3b-vitl-mpt1b-langinstruct,
+    /// openflamingo-4b-vitl-rpj3b, openflamingo-4b-vitl-rpj3b-langinstruct,
+    /// openflamingo-9b-vitl-mpt7b
+    #[arg(long, conflicts_with = "preset")]
+    release: Option<String>,
+    /// Export an official shape with random weights instead of a release:
+    /// of-mini, or of-3b, of-4b, of-9b (the releases' architectures)
     #[arg(long, requires = "random_weights", conflicts_with_all = ["clip", "lm", "checkpoint", "tokenizer"])]
     preset: Option<String>,
     /// With --preset: fill the weights with seeded random values (for benchmarks)
@@ -66,12 +78,11 @@ pub fn run(a: Args) -> Result<()> {
             vision_preset: a.vision_preset,
             lm: need(a.lm, "lm")?,
             checkpoint: need(a.checkpoint, "checkpoint")?,
-            tokenizer: need(a.tokenizer, "tokenizer")?,
-            cross_attn_every_n_layers: a
-                .cross_attn_every_n_layers
-                .ok_or_else(|| anyhow::anyhow!("--cross-attn-every-n-layers is required"))?,
+            tokenizer: a.tokenizer,
+            cross_attn_every_n_layers: a.cross_attn_every_n_layers,
             out: a.out.clone(),
             force: a.force,
+            release: a.release,
             rewrite,
         };
         flamingo_export::export(&opts, &mut bars)?

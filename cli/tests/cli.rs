@@ -29,8 +29,25 @@ fn export(fx: &str, out: &Path) {
     let f = fixture(fx);
     let cfg: Value =
         serde_json::from_str(&std::fs::read_to_string(f.join("flamingo.json")).unwrap()).unwrap();
-    let n = cfg["cross_attn_every_n_layers"].to_string();
     let p = |s: &str| f.join(s).display().to_string();
+    if let Some(files) = cfg.get("files") {
+        // as the release ships: the LM repo's tokenizer, the interval from
+        // checkpoint.pt, the CLIP directory for its TorchScript file
+        let (ok, _, err) = flamingo(&[
+            "export",
+            "--clip",
+            &p("clip"),
+            "--lm",
+            &p(files["lm"].as_str().unwrap()),
+            "--checkpoint",
+            &p(files["checkpoint"].as_str().unwrap()),
+            "--out",
+            &out.display().to_string(),
+        ]);
+        assert!(ok, "export {fx} failed: {err}");
+        return;
+    }
+    let n = cfg["cross_attn_every_n_layers"].to_string();
     let (ok, _, err) = flamingo(&[
         "export",
         "--clip",
@@ -59,7 +76,7 @@ fn lines(stdout: &str) -> Vec<Value> {
 #[test]
 fn generate_and_score_json_match_the_reference_on_both_backends() {
     let tmp = tempfile::tempdir().unwrap();
-    for fx in ["tiny-mpt", "tiny-neox", "tiny-llama"] {
+    for fx in ["tiny-mpt", "tiny-neox", "tiny-llama", "tiny-mosaic"] {
         let model = tmp.path().join(fx);
         export(fx, &model);
         let model_s = model.display().to_string();
@@ -689,4 +706,35 @@ fn presets_are_known_by_name_and_unknown_ones_are_refused() {
     );
     let (ok, _, err) = flamingo(&["export", "--preset", "of-mini", "--out", &out]);
     assert!(!ok && err.contains("random-weights"), "{err}");
+}
+
+#[test]
+fn releases_are_known_by_name_and_checked() {
+    let tmp = tempfile::tempdir().unwrap();
+    let f = fixture("tiny-mosaic");
+    let p = |s: &str| f.join(s).display().to_string();
+    for (release, needle) in [
+        ("openflamingo-80b", "openflamingo-3b-vitl-mpt1b"),
+        ("openflamingo-9b-vitl-mpt7b", "has 224"),
+    ] {
+        let out = tmp.path().join(release);
+        let (ok, _, err) = flamingo(&[
+            "export",
+            "--release",
+            release,
+            "--clip",
+            &p("clip/model.pt"),
+            "--lm",
+            &p("lm"),
+            "--checkpoint",
+            &p("checkpoint.pt"),
+            "--out",
+            &out.display().to_string(),
+        ]);
+        assert!(
+            !ok && err.contains(needle) && !err.contains("panicked"),
+            "{err}"
+        );
+        assert!(!out.exists());
+    }
 }

@@ -163,8 +163,76 @@ fn shape_of(store: &TensorStore, name: &str) -> Result<Vec<usize>> {
     })
 }
 
-/// Checks the tower's layer count against the checkpoint.
+/// The vision tower as its tensors say, as open_clip's
+/// `build_model_from_openai_state_dict` reads OpenAI's weights: width =
+/// conv1's output channels, layers = the count of `attn.in_proj_weight`,
+/// patch = conv1's kernel, image = patch · √(positional rows − 1), heads =
+/// width / 64, the MLP's width from `c_fc`; QuickGELU.
+pub fn infer_vision(store: &TensorStore) -> Result<VisionConfig> {
+    let conv = shape_of(store, "visual.conv1.weight")?;
+    let [width, 3, patch, patch2] = conv[..] else {
+        return Err(Error::Graph(flamingo_graphs::Error::ShapeMismatch {
+            name: "visual.conv1.weight".into(),
+            expected: vec![0, 3, 0, 0],
+            got: conv,
+        }));
+    };
+    let layers = count_layers(
+        store,
+        "visual.transformer.resblocks.",
+        ".attn.in_proj_weight",
+    );
+    let pos = shape_of(store, "visual.positional_embedding")?;
+    let grid = ((pos[0].saturating_sub(1)) as f64).sqrt().round() as usize;
+    let mlp_dim = shape_of(store, "visual.transformer.resblocks.0.mlp.c_fc.weight")?[0];
+    if patch != patch2 || grid * grid + 1 != pos[0] || width % 64 != 0 || layers == 0 {
+        return Err(Error::Config {
+            path: "vision tower".into(),
+            message: format!(
+                "the tensors do not make a ViT (conv1 {conv:?}, positional_embedding {pos:?}, {layers} layers)"
+            ),
+        });
+    }
+    Ok(VisionConfig {
+        image_size: patch * grid,
+        patch_size: patch,
+        width,
+        layers,
+        heads: width / 64,
+        mlp_dim,
+        activation: Activation::QuickGelu,
+        eps: 1e-5,
+    })
+}
+
+/// Checks a configured tower (a preset, `open_clip_config.json`) against
+/// the checkpoint's tensors: a disagreement names the tensor and both shapes.
 pub fn check_vision(store: &TensorStore, cfg: &VisionConfig) -> Result<()> {
+    let grid = cfg.grid();
+    let checks = [
+        (
+            "visual.conv1.weight",
+            vec![cfg.width, 3, cfg.patch_size, cfg.patch_size],
+        ),
+        (
+            "visual.positional_embedding",
+            vec![grid * grid + 1, cfg.width],
+        ),
+        (
+            "visual.transformer.resblocks.0.mlp.c_fc.weight",
+            vec![cfg.mlp_dim, cfg.width],
+        ),
+    ];
+    for (name, want) in checks {
+        let got = shape_of(store, name)?;
+        if got != want {
+            return Err(Error::Graph(flamingo_graphs::Error::ShapeMismatch {
+                name: name.into(),
+                expected: want,
+                got,
+            }));
+        }
+    }
     let n = count_layers(store, "visual.transformer.resblocks.", ".ln_1.weight");
     if n != cfg.layers {
         return Err(Error::Config {

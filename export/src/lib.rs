@@ -20,10 +20,11 @@
 //!     vision_preset: None,
 //!     lm: "release/lm".into(),
 //!     checkpoint: "release/checkpoint.pt".into(),
-//!     tokenizer: "release/tokenizer".into(),
-//!     cross_attn_every_n_layers: 1,
+//!     tokenizer: None, // the LM directory's own
+//!     cross_attn_every_n_layers: None, // read from checkpoint.pt
 //!     out: "exported".into(),
 //!     force: false,
+//!     release: Some("openflamingo-3b-vitl-mpt1b".into()),
 //!     rewrite: None,
 //! };
 //! let manifest = export(&opts, &mut NoProgress)?;
@@ -34,10 +35,12 @@
 pub mod config;
 mod error;
 pub mod family;
+pub mod files;
 pub mod lm;
 pub mod output;
 pub mod pickle;
 pub mod presets;
+pub mod releases;
 pub mod safetensors;
 pub mod store;
 pub mod tokens;

@@ -1,6 +1,7 @@
 //! The language model's `config.json`, read into its family's typed config,
 //! and the LM's weight files.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
@@ -92,12 +93,32 @@ impl LmConfig {
     }
 }
 
-/// The LM's weight files in `dir`: `model.safetensors`, else every
-/// `*.safetensors` (shards), else `pytorch_model*.bin`.
-pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
-    let single = dir.join("model.safetensors");
-    if single.exists() {
-        return Ok(vec![single]);
+/// The LM's weight files, as Hugging Face writes them.
+#[derive(Clone, Debug, PartialEq)]
+pub struct WeightFiles {
+    /// The files to read, in order.
+    pub files: Vec<PathBuf>,
+    /// A shard index (`*.index.json`) and what it says each file holds.
+    pub index: Option<(PathBuf, BTreeMap<PathBuf, Vec<String>>)>,
+}
+
+/// The LM's weight files in `dir`: `model.safetensors`, else
+/// `model.safetensors.index.json` and its shards, else `pytorch_model.bin`,
+/// else `pytorch_model.bin.index.json` and its shards, else every
+/// `*.safetensors`, else every `pytorch_model*.bin`.
+pub fn weight_files(dir: &Path) -> Result<WeightFiles> {
+    for single in ["model.safetensors", "pytorch_model.bin"] {
+        let p = dir.join(single);
+        if p.is_file() {
+            return Ok(WeightFiles {
+                files: vec![p],
+                index: None,
+            });
+        }
+        let index = dir.join(format!("{single}.index.json"));
+        if index.is_file() {
+            return read_index(dir, &index);
+        }
     }
     let mut st = Vec::new();
     let mut bins = Vec::new();
@@ -115,11 +136,50 @@ pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
     if files.is_empty() {
         return Err(Error::Config {
             path: dir.display().to_string(),
-            message: "no LM weights (model.safetensors, *.safetensors or pytorch_model*.bin)"
+            message: "no LM weights (model.safetensors, pytorch_model.bin, their .index.json shards, *.safetensors or pytorch_model*.bin)"
                 .into(),
         });
     }
-    Ok(files)
+    Ok(WeightFiles { files, index: None })
+}
+
+/// A shard index: `{"weight_map": {tensor: file}}`, every file beside it.
+fn read_index(dir: &Path, index: &Path) -> Result<WeightFiles> {
+    let bad = |message: String| Error::Config {
+        path: index.display().to_string(),
+        message,
+    };
+    let text = std::fs::read_to_string(index).map_err(io_err(index))?;
+    #[derive(Deserialize)]
+    struct Index {
+        weight_map: BTreeMap<String, String>,
+    }
+    let idx: Index =
+        serde_json::from_str(&text).map_err(|e| bad(format!("not a shard index: {e}")))?;
+    let mut by_file: BTreeMap<PathBuf, Vec<String>> = BTreeMap::new();
+    for (tensor, file) in idx.weight_map {
+        let p = Path::new(&file);
+        let plain = p.components().count() == 1
+            && matches!(p.components().next(), Some(std::path::Component::Normal(_)));
+        if !plain {
+            return Err(bad(format!(
+                "`{tensor}` is in `{file}`, which is not a file beside the index"
+            )));
+        }
+        by_file.entry(dir.join(p)).or_default().push(tensor);
+    }
+    if by_file.is_empty() {
+        return Err(bad("the `weight_map` is empty".into()));
+    }
+    for f in by_file.keys() {
+        if !f.is_file() {
+            return Err(bad(format!("names {}, which does not exist", f.display())));
+        }
+    }
+    Ok(WeightFiles {
+        files: by_file.keys().cloned().collect(),
+        index: Some((index.to_path_buf(), by_file)),
+    })
 }
 
 #[cfg(test)]
@@ -159,6 +219,6 @@ mod tests {
         let err = LmConfig::parse(r#"{"model_type": "opt"}"#, "c.json")
             .unwrap_err()
             .to_string();
-        assert!(err.contains("mpt, gpt_neox, llama"), "{err}");
+        assert!(err.contains("mpt, mosaic_gpt, gpt_neox, llama"), "{err}");
     }
 }

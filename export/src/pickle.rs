@@ -1,7 +1,10 @@
-//! A restricted unpickler for PyTorch state dicts. It executes nothing: the
-//! only globals accepted are the ones needed to rebuild tensors and
-//! (ordered) dicts; any other is an error naming it. Lengths read from the
-//! stream are checked against the bytes left before anything is allocated.
+//! A restricted unpickler for PyTorch state dicts and TorchScript archives.
+//! It executes nothing: the only globals accepted are the ones needed to
+//! rebuild tensors and (ordered) dicts, and TorchScript's `__torch__.*`
+//! classes, which become inert attribute holders ([`Val::Object`]; no code
+//! of the archive's `code/` is ever read or run); any other global is an
+//! error naming it. Lengths read from the stream are checked against the
+//! bytes left before anything is allocated.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -39,6 +42,11 @@ pub enum Val {
     List(Rc<RefCell<Vec<Val>>>),
     Dict(Rc<RefCell<Vec<(Val, Val)>>>),
     Global(Global),
+    /// An instance of a TorchScript class: its attributes by name.
+    Object {
+        class: Rc<str>,
+        attrs: Rc<RefCell<Vec<(Val, Val)>>>,
+    },
     Storage {
         dtype_name: String,
         key: String,
@@ -47,12 +55,16 @@ pub enum Val {
     Tensor(Rc<TensorRef>),
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Global {
     OrderedDict,
     RebuildTensorV2,
     RebuildParameter,
     Storage(&'static str),
+    /// A TorchScript class (`__torch__.clip.model.CLIP`): instantiated empty.
+    TorchClass(Rc<str>),
+    /// `torch.jit._pickle` helpers that wrap a value: identity.
+    JitIdentity,
 }
 
 const STORAGES: &[&str] = &[
@@ -77,6 +89,10 @@ fn allowed_global(module: &str, name: &str) -> Option<Global> {
             .iter()
             .find(|x| **x == s)
             .map(|x| Global::Storage(x)),
+        ("torch.jit._pickle", "restore_type_tag") => Some(Global::JitIdentity),
+        (m, n) if m.starts_with("__torch__.") || m == "__torch__" => {
+            Some(Global::TorchClass(format!("{m}.{n}").into()))
+        }
         _ => None,
     }
 }
@@ -350,11 +366,30 @@ impl<'a> Vm<'a> {
                     let v = self.reduce(f, args)?;
                     self.stack.push(v);
                 }
+                0x81 => {
+                    // NEWOBJ: `cls.__new__(cls, *args)`, TorchScript classes only
+                    let _args = self.pop()?;
+                    match self.pop()? {
+                        Val::Global(Global::TorchClass(class)) => self.stack.push(Val::Object {
+                            class,
+                            attrs: Default::default(),
+                        }),
+                        _ => {
+                            return Err(
+                                self.err("NEWOBJ of something that is not a TorchScript class")
+                            )
+                        }
+                    }
+                }
                 b'b' => {
-                    // BUILD: only the state of an OrderedDict (its `_metadata`) is seen here.
-                    let _state = self.pop()?;
-                    match self.top()? {
-                        Val::Dict(_) | Val::Tensor(_) => {}
+                    // BUILD: a TorchScript object's attributes; the state of
+                    // an OrderedDict (its `_metadata`) is ignored
+                    let state = self.pop()?;
+                    match (self.top()?, state) {
+                        (Val::Object { attrs, .. }, Val::Dict(d)) => {
+                            attrs.borrow_mut().extend(d.borrow().iter().cloned())
+                        }
+                        (Val::Dict(_) | Val::Tensor(_), _) => {}
                         _ => return Err(self.err("BUILD on an object that is not a dict")),
                     }
                 }
@@ -464,7 +499,14 @@ impl<'a> Vm<'a> {
                 Some(t @ Val::Tensor(_)) => Ok(t.clone()),
                 _ => Err(self.err("unexpected arguments to _rebuild_parameter")),
             },
+            Val::Global(Global::JitIdentity) => args
+                .first()
+                .cloned()
+                .ok_or_else(|| self.err("restore_type_tag without a value")),
             Val::Global(Global::Storage(s)) => Err(self.err(format!("cannot call torch.{s}"))),
+            Val::Global(Global::TorchClass(c)) => {
+                Err(self.err(format!("cannot call the TorchScript class {c}")))
+            }
             _ => Err(self.err("REDUCE on something that is not callable")),
         }
     }
@@ -496,6 +538,26 @@ mod tests {
             "{err}"
         );
         assert!(err.to_string().contains("evil.pt"));
+    }
+
+    #[test]
+    fn torchscript_objects_are_attribute_holders_and_nothing_runs() {
+        // __torch__.m.M() with state {"w": 1}: NEWOBJ then BUILD
+        let p = b"\x80\x02c__torch__.m\nM\nq\x00)\x81}q\x01(X\x01\x00\x00\x00wK\x01ub.";
+        let Val::Object { class, attrs } = load(Path::new("m.pt"), p).unwrap() else {
+            panic!("not an object")
+        };
+        assert_eq!(&*class, "__torch__.m.M");
+        assert!(matches!(&attrs.borrow()[0], (Val::Str(k), Val::Int(1)) if k == "w"));
+        // calling a class (REDUCE) is refused; so is builtins.eval
+        let call = b"\x80\x02c__torch__.m\nM\n)R.";
+        assert!(load(Path::new("m.pt"), call).is_err());
+        let eval = b"\x80\x02cbuiltins\neval\nX\x01\x00\x00\x001\x85R.";
+        let err = load(Path::new("m.pt"), eval).unwrap_err();
+        assert!(
+            matches!(err, Error::ForbiddenGlobal { ref global, .. } if global == "builtins.eval"),
+            "{err}"
+        );
     }
 
     #[test]

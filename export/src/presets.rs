@@ -12,6 +12,7 @@ use flamingo_graphs::{DType, Tensor, TensorData, WeightSource};
 
 use crate::error::{Error, Result};
 use crate::family::gpt_neox::GptNeoxConfig;
+use crate::family::mosaic_gpt::MosaicGptConfig;
 use crate::family::mpt::MptConfig;
 use crate::family::{decoder_config, FamilyConfig};
 use crate::lm::LmConfig;
@@ -81,6 +82,9 @@ pub fn preset(name: &str) -> Result<Preset> {
         eos: Some(0),
         bos: None,
     };
+    // the releases' embeddings are resized to OpenFlamingo's tokenizer:
+    // gpt-neox-20b's 50277 tokens + <|endofchunk|>, <image>, <PAD>
+    const OF_VOCAB: usize = 50280;
     let (about, vision, config, every_n) = match name {
         "of-mini" => (
             "ViT-B/16 at 224 px + an MPT with d 1024, 16 layers, 16 heads, cross-attention every 2nd layer",
@@ -89,33 +93,31 @@ pub fn preset(name: &str) -> Result<Preset> {
             2,
         ),
         "of-3b" => (
-            "ViT-L/14 at 224 px + MPT-1B (d 2048, 24 layers, 16 heads), cross-attention every layer",
+            "OpenFlamingo-3B: ViT-L/14 at 224 px + MPT-1B (MosaicGPT, d 2048, 24 layers, 16 heads, qk LayerNorm), cross-attention every layer",
             vit(224, 14, 1024, 24),
-            mpt(2048, 24, 16, 50280),
+            Box::new(MosaicGptConfig {
+                vocab_size: OF_VOCAB,
+                ..MosaicGptConfig::mpt_1b_redpajama()
+            }) as Box<dyn FamilyConfig>,
             1,
         ),
         "of-4b" => (
-            "ViT-L/14 + RedPajama-INCITE-3B (GPT-NeoX, d 2560, 32 layers, 32 heads), every 2nd layer",
+            "OpenFlamingo-4B: ViT-L/14 + RedPajama-INCITE-3B (GPT-NeoX, d 2560, 32 layers, 32 heads), every 2nd layer",
             vit(224, 14, 1024, 24),
             // RedPajama-INCITE-Base-3B-v1's config.json
             Box::new(GptNeoxConfig {
-                hidden_size: 2560,
-                num_attention_heads: 32,
-                num_hidden_layers: 32,
-                intermediate_size: Some(10240),
-                rotary_pct: 1.0,
-                rotary_emb_base: 10000.0,
-                use_parallel_residual: false,
-                layer_norm_eps: 1e-5,
-                max_position_embeddings: Some(2048),
-                vocab_size: 50432,
+                vocab_size: OF_VOCAB,
+                ..GptNeoxConfig::redpajama_3b()
             }) as Box<dyn FamilyConfig>,
             2,
         ),
         "of-9b" => (
-            "ViT-L/14 + MPT-7B (d 4096, 32 layers, 32 heads), every 4th layer",
+            "OpenFlamingo-9B: ViT-L/14 + MPT-7B (d 4096, 32 layers, 32 heads), every 4th layer",
             vit(224, 14, 1024, 24),
-            mpt(4096, 32, 32, 50432),
+            Box::new(MptConfig {
+                vocab_size: OF_VOCAB,
+                ..MptConfig::mpt_7b()
+            }) as Box<dyn FamilyConfig>,
             4,
         ),
         other => {

@@ -11,10 +11,11 @@ use flamingo_graphs::DType;
 use safetensors::{Dtype, SafeTensorError, SafeTensors, View};
 
 use crate::error::{corrupt, io_err, Error, Result};
-use crate::store::{Entry, Mapped};
+use crate::store::{Entry, FileTensors, Mapped};
 
-/// The tensors of the mapped safetensors file `file`, in offset order.
-pub fn read(file: Arc<Mapped>) -> Result<Vec<(String, Entry)>> {
+/// The tensors of the mapped safetensors file `file`, in offset order
+/// (those of dtypes the graphs never read skipped).
+pub fn read(file: Arc<Mapped>) -> Result<FileTensors> {
     let path = file.path.clone();
     let b = &file.map[..];
     let (n, meta) = SafeTensors::read_metadata(b).map_err(|e| {
@@ -48,6 +49,7 @@ pub fn read(file: Arc<Mapped>) -> Result<Vec<(String, Entry)>> {
     })?;
     let data_start = 8 + n;
     let mut out = Vec::new();
+    let mut skipped = Vec::new();
     for name in meta.offset_keys() {
         let Some(info) = meta.info(&name) else {
             continue;
@@ -58,11 +60,8 @@ pub fn read(file: Arc<Mapped>) -> Result<Vec<(String, Entry)>> {
             Dtype::BF16 => DType::BF16,
             Dtype::I64 => DType::I64,
             other => {
-                return Err(Error::UnsupportedDType {
-                    path: path.display().to_string(),
-                    name,
-                    dtype: other.to_string(),
-                })
+                skipped.push((name, other.to_string()));
+                continue;
             }
         };
         let (s, e) = info.data_offsets;
@@ -76,7 +75,10 @@ pub fn read(file: Arc<Mapped>) -> Result<Vec<(String, Entry)>> {
             },
         ));
     }
-    Ok(out)
+    Ok(FileTensors {
+        tensors: out,
+        skipped,
+    })
 }
 
 /// One tensor to write: name, shape, values (row-major).

@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 use std::sync::Arc;
 
 use flamingo_graphs::{DType, Tensor, TensorData, WeightSource};
@@ -72,7 +73,17 @@ impl Entry {
 #[derive(Default, Clone)]
 pub struct TensorStore {
     entries: BTreeMap<String, Entry>,
+    /// Tensors of dtypes the graphs never read (bool masks, int buffers...),
+    /// skipped: name -> dtype.
+    skipped: BTreeMap<String, String>,
     files: Vec<String>,
+}
+
+/// What a checkpoint file holds: its tensors, and those skipped for their
+/// dtype (name, dtype).
+pub struct FileTensors {
+    pub tensors: Vec<(String, Entry)>,
+    pub skipped: Vec<(String, String)>,
 }
 
 impl TensorStore {
@@ -87,13 +98,57 @@ impl TensorStore {
         prefix: &str,
         keep: impl Fn(&str) -> bool,
     ) -> Result<usize> {
-        let tensors = read_file(path)?;
+        let read = read_file(path)?;
         let mut n = 0;
-        for (name, e) in tensors {
+        for (name, e) in read.tensors {
             if keep(&name) {
-                self.entries.insert(format!("{prefix}{name}"), e);
+                let full = format!("{prefix}{name}");
+                self.skipped.remove(&full);
+                self.entries.insert(full, e);
                 n += 1;
             }
+        }
+        for (name, dtype) in read.skipped {
+            if keep(&name) {
+                self.skipped.insert(format!("{prefix}{name}"), dtype);
+            }
+        }
+        self.files.push(path.display().to_string());
+        Ok(n)
+    }
+
+    /// [`Self::add_file`] of a shard that an index says holds `expected`:
+    /// a listed tensor the shard lacks is an error naming both files.
+    pub fn add_shard(
+        &mut self,
+        path: &Path,
+        prefix: &str,
+        index: &Path,
+        expected: &[&str],
+    ) -> Result<usize> {
+        let read = read_file(path)?;
+        for name in expected {
+            let has = read.tensors.iter().any(|(n, _)| n == name)
+                || read.skipped.iter().any(|(n, _)| n == name);
+            if !has {
+                return Err(Error::Config {
+                    path: index.display().to_string(),
+                    message: format!(
+                        "tensor `{name}` is listed for {} but that file does not hold it",
+                        path.display()
+                    ),
+                });
+            }
+        }
+        let mut n = 0;
+        for (name, e) in read.tensors {
+            let full = format!("{prefix}{name}");
+            self.skipped.remove(&full);
+            self.entries.insert(full, e);
+            n += 1;
+        }
+        for (name, dtype) in read.skipped {
+            self.skipped.insert(format!("{prefix}{name}"), dtype);
         }
         self.files.push(path.display().to_string());
         Ok(n)
@@ -105,6 +160,11 @@ impl TensorStore {
 
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.entries.keys().map(|s| s.as_str())
+    }
+
+    /// The dtype of `name` if it was skipped for it.
+    pub fn skipped(&self, name: &str) -> Option<&str> {
+        self.skipped.get(name).map(|s| s.as_str())
     }
 
     pub fn shape(&self, name: &str) -> Option<&[usize]> {
@@ -125,13 +185,24 @@ impl TensorStore {
 
 impl WeightSource for TensorStore {
     fn get(&self, name: &str) -> flamingo_graphs::Result<Tensor> {
-        let e = self
-            .entries
-            .get(name)
-            .ok_or_else(|| flamingo_graphs::Error::MissingTensor {
-                name: name.to_string(),
-                file: Some(self.files.join(", ")),
-            })?;
+        let e = match (self.entries.get(name), self.skipped.get(name)) {
+            (Some(e), _) => e,
+            (None, Some(dtype)) => {
+                return Err(flamingo_graphs::Error::Load {
+                    name: name.to_string(),
+                    message: format!(
+                        "stored as {dtype} in {}, which the graphs cannot read (float32, float16 and bfloat16 are)",
+                        self.files.join(", ")
+                    ),
+                })
+            }
+            (None, None) => {
+                return Err(flamingo_graphs::Error::MissingTensor {
+                    name: name.to_string(),
+                    file: Some(self.files.join(", ")),
+                })
+            }
+        };
         let e = e.clone();
         let shape = e.shape.clone();
         let load: flamingo_graphs::LoadFn = Arc::new(move || Ok(to_f32_bytes(e.dtype, e.bytes())));
@@ -169,8 +240,9 @@ pub fn to_f32_bytes(dtype: DType, b: &[u8]) -> Vec<u8> {
     }
 }
 
-/// Reads the tensor table of a `.safetensors` file or a torch zip (`.pt`, `.bin`).
-pub fn read_file(path: &Path) -> Result<Vec<(String, Entry)>> {
+/// Reads the tensor table of a `.safetensors` file or a torch zip (`.pt`,
+/// `.bin`, TorchScript archives).
+pub fn read_file(path: &Path) -> Result<FileTensors> {
     let file = Mapped::open(path)?;
     if file.map.starts_with(b"PK") {
         read_torch(file)
@@ -218,7 +290,7 @@ impl TorchArchive<'_> {
     }
 }
 
-fn read_torch(file: Arc<Mapped>) -> Result<Vec<(String, Entry)>> {
+fn read_torch(file: Arc<Mapped>) -> Result<FileTensors> {
     let path = file.path.clone();
     let mut archive = TorchArchive {
         file: &file,
@@ -242,25 +314,16 @@ fn read_torch(file: Arc<Mapped>) -> Result<Vec<(String, Entry)>> {
         .get(&pkl)?
         .ok_or_else(|| corrupt(&path, "no data.pkl"))?;
     let root = pickle::load(&path, &pf.map[pr])?;
-    let dict = state_dict(&root).ok_or_else(|| {
-        corrupt(
-            &path,
-            "the pickle is not a state dict (a dict of name -> tensor)",
-        )
-    })?;
+    let named = state_dict(&path, &root)?;
     let mut out = Vec::new();
-    for (k, v) in dict.borrow().iter() {
-        let (pickle::Val::Str(name), pickle::Val::Tensor(t)) = (k, v) else {
-            continue;
-        };
-        let name = name.strip_prefix("module.").unwrap_or(name).to_string();
+    let mut skipped = Vec::new();
+    for (name, t) in named {
+        let name = name.strip_prefix("module.").unwrap_or(&name).to_string();
         let bad = |m: String| corrupt(&path, format!("tensor `{name}`: {m}"));
         let Some(dtype) = t.dtype else {
-            return Err(Error::UnsupportedDType {
-                path: path.display().to_string(),
-                name,
-                dtype: t.dtype_name.clone(),
-            });
+            // a bool mask, an int buffer: nothing the graphs read
+            skipped.push((name, t.dtype_name.clone()));
+            continue;
         };
         let (sf, r) = archive
             .get(&format!("{prefix}data/{}", t.key))?
@@ -302,23 +365,79 @@ fn read_torch(file: Arc<Mapped>) -> Result<Vec<(String, Entry)>> {
             },
         ));
     }
+    Ok(FileTensors {
+        tensors: out,
+        skipped,
+    })
+}
+
+/// The named tensors of a pickle: a state dict (or its `model_state_dict` /
+/// `state_dict` entry, as OpenFlamingo training checkpoints wrap it), or a
+/// TorchScript module whose tree is flattened to dotted names.
+fn state_dict(path: &Path, root: &pickle::Val) -> Result<Vec<(String, Rc<pickle::TensorRef>)>> {
+    let mut out = Vec::new();
+    match root {
+        pickle::Val::Dict(d) => {
+            let d = d.borrow();
+            let inner = d.iter().find_map(|(k, v)| match (k, v) {
+                (pickle::Val::Str(k), pickle::Val::Dict(inner))
+                    if k == "model_state_dict" || k == "state_dict" =>
+                {
+                    Some(inner.clone())
+                }
+                _ => None,
+            });
+            let items = match &inner {
+                Some(i) => i.borrow().clone(),
+                None => d.clone(),
+            };
+            for (k, v) in items {
+                if let (pickle::Val::Str(name), pickle::Val::Tensor(t)) = (k, v) {
+                    out.push((name, t));
+                }
+            }
+        }
+        pickle::Val::Object { .. } => flatten(path, root, "", 0, &mut out)?,
+        _ => {
+            return Err(corrupt(
+                path,
+                "the pickle is not a state dict (a dict of name -> tensor) or a TorchScript module",
+            ))
+        }
+    }
     Ok(out)
 }
 
-type DictRef = std::rc::Rc<std::cell::RefCell<Vec<(pickle::Val, pickle::Val)>>>;
-
-/// The state dict: the root dict, or its `model_state_dict` / `state_dict`
-/// entry (OpenFlamingo training checkpoints wrap it).
-fn state_dict(root: &pickle::Val) -> Option<DictRef> {
-    let pickle::Val::Dict(d) = root else {
-        return None;
+/// A TorchScript module's tensors by dotted attribute path.
+fn flatten(
+    path: &Path,
+    v: &pickle::Val,
+    prefix: &str,
+    depth: usize,
+    out: &mut Vec<(String, Rc<pickle::TensorRef>)>,
+) -> Result<()> {
+    const MAX_DEPTH: usize = 64;
+    if depth > MAX_DEPTH {
+        return Err(corrupt(
+            path,
+            format!("TorchScript modules nested deeper than {MAX_DEPTH} (at `{prefix}`)"),
+        ));
+    }
+    let pickle::Val::Object { attrs, .. } = v else {
+        return Ok(());
     };
-    for (k, v) in d.borrow().iter() {
-        if let (pickle::Val::Str(k), pickle::Val::Dict(inner)) = (k, v) {
-            if k == "model_state_dict" || k == "state_dict" {
-                return Some(inner.clone());
-            }
+    for (k, v) in attrs.borrow().iter() {
+        let pickle::Val::Str(k) = k else { continue };
+        let name = if prefix.is_empty() {
+            k.clone()
+        } else {
+            format!("{prefix}.{k}")
+        };
+        match v {
+            pickle::Val::Tensor(t) => out.push((name, t.clone())),
+            pickle::Val::Object { .. } => flatten(path, v, &name, depth + 1, out)?,
+            _ => {}
         }
     }
-    Some(d.clone())
+    Ok(())
 }

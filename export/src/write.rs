@@ -34,12 +34,18 @@ pub struct ExportOptions {
     pub lm: PathBuf,
     /// OpenFlamingo's `checkpoint.pt`.
     pub checkpoint: PathBuf,
-    /// Tokenizer directory (`tokenizer.json`).
-    pub tokenizer: PathBuf,
-    pub cross_attn_every_n_layers: usize,
+    /// Tokenizer directory (`tokenizer.json`); `None`: the LM directory's
+    /// own (OpenFlamingo's tokens are added where it lacks them).
+    pub tokenizer: Option<PathBuf>,
+    /// Gated cross-attention every n layers; `None`: read from which layers
+    /// of `checkpoint.pt` hold one (and checked against them when given).
+    pub cross_attn_every_n_layers: Option<usize>,
     pub out: PathBuf,
     /// Replace `out` if it exists.
     pub force: bool,
+    /// A public release (`openflamingo-3b-vitl-mpt1b`, ...) whose known
+    /// shapes and settings the files must have.
+    pub release: Option<String>,
     /// A precision rewrite applied to every graph before it is written
     /// (`flamingo_calibration::fp16::to_fp16`), and its name for the manifest.
     pub rewrite: Option<(Precision, Rewrite)>,
@@ -79,7 +85,7 @@ impl Release {
     /// so that `checkpoint.pt`'s `lang_encoder.*` entries (the resized input
     /// embeddings, the gated cross-attention layers) override them.
     pub fn open(opts: &ExportOptions) -> Result<Release> {
-        if opts.cross_attn_every_n_layers == 0 {
+        if opts.cross_attn_every_n_layers == Some(0) {
             return Err(Error::Config {
                 path: "--cross-attn-every-n-layers".into(),
                 message: "must be at least 1".into(),
@@ -87,42 +93,59 @@ impl Release {
         }
         let lm = LmConfig::load(&opts.lm)?;
         let mut store = TensorStore::new();
-        let n = store.add_file(&opts.clip, "", |n| n.starts_with("visual."))?;
+        let clip = crate::files::clip_weights(&opts.clip)?;
+        let n = store.add_file(&clip, "", |n| n.starts_with("visual."))?;
         if n == 0 {
             return Err(Error::Config {
-                path: opts.clip.display().to_string(),
+                path: clip.display().to_string(),
                 message: "no `visual.*` tensors (not an open_clip checkpoint?)".into(),
             });
         }
-        for f in lm::weight_files(&opts.lm)? {
-            store.add_file(&f, "lang_encoder.", |_| true)?;
+        let weights = lm::weight_files(&opts.lm)?;
+        for f in &weights.files {
+            match &weights.index {
+                Some((index, holds)) => {
+                    let expected: Vec<&str> = holds
+                        .get(f)
+                        .map(|v| v.iter().map(|s| s.as_str()).collect())
+                        .unwrap_or_default();
+                    store.add_shard(f, "lang_encoder.", index, &expected)?;
+                }
+                None => {
+                    store.add_file(f, "lang_encoder.", |_| true)?;
+                }
+            }
         }
-        let n = store.add_file(&opts.checkpoint, "", |n| {
+        let checkpoint = crate::files::checkpoint(&opts.checkpoint)?;
+        let n = store.add_file(&checkpoint, "", |n| {
             n.starts_with("perceiver.") || n.starts_with("lang_encoder.")
         })?;
         if n == 0 {
             return Err(Error::Config {
-                path: opts.checkpoint.display().to_string(),
+                path: checkpoint.display().to_string(),
                 message:
                     "no `perceiver.*` or `lang_encoder.*` tensors (not an OpenFlamingo checkpoint?)"
                         .into(),
             });
         }
+        let cfg = clip
+            .parent()
+            .unwrap_or(Path::new("."))
+            .join("open_clip_config.json");
         let (vision, preprocess) = match &opts.vision_preset {
             Some(name) => config::vision_preset(name)?,
+            None if cfg.exists() => config::read_open_clip_config(&cfg)?,
+            // OpenAI's TorchScript CLIP: the tower from its tensors, QuickGELU
+            None if crate::files::is_torchscript(&clip)? => {
+                let v = config::infer_vision(&store)?;
+                let p = flamingo_contract::PreprocessConfig::clip(v.image_size);
+                (v, p)
+            }
             None => {
-                let cfg = opts
-                    .clip
-                    .parent()
-                    .unwrap_or(Path::new("."))
-                    .join("open_clip_config.json");
-                if !cfg.exists() {
-                    return Err(Error::Config {
-                        path: cfg.display().to_string(),
-                        message: "not found; pass --vision-preset (e.g. ViT-L-14)".into(),
-                    });
-                }
-                config::read_open_clip_config(&cfg)?
+                return Err(Error::Config {
+                    path: cfg.display().to_string(),
+                    message: "not found; pass --vision-preset (e.g. ViT-L-14)".into(),
+                })
             }
         };
         config::check_vision(&store, &vision)?;
@@ -134,12 +157,11 @@ impl Release {
                 got: vec![resampler.num_latents, resampler.dim],
             }));
         }
-        let decoder = crate::family::decoder_config(
-            &lm,
-            Some(&store),
-            &resampler,
-            opts.cross_attn_every_n_layers,
-        )?;
+        let every_n = match opts.cross_attn_every_n_layers {
+            Some(n) => n,
+            None => crate::family::every_n_from_checkpoint(&lm, &store, &checkpoint)?,
+        };
+        let decoder = crate::family::decoder_config(&lm, Some(&store), &resampler, every_n)?;
         Ok(Release {
             store,
             vision,
@@ -326,7 +348,7 @@ pub fn export_preset(
         lm: lm_info(&p.lm, &p.decoder),
         special: p.special.clone(),
         tokenizer: None,
-        tokenizer_json: Some(crate::presets::tokenizer_json(&p.special)),
+        tokenizer_files: vec![("tokenizer.json", crate::presets::tokenizer_json(&p.special))],
         rewrite,
     };
     let m = write_spec(&spec, output.path(), progress)?;
@@ -356,7 +378,30 @@ pub fn export(opts: &ExportOptions, progress: &mut dyn Progress) -> Result<Manif
         });
     }
     let release = Release::open(opts)?;
-    let special = tokens::special_tokens(&opts.tokenizer, &release.lm)?;
+    if let Some(name) = &opts.release {
+        crate::releases::check(name, &release, opts)?;
+    }
+    let tok_dir = opts.tokenizer.clone().unwrap_or_else(|| opts.lm.clone());
+    let tok = tokens::prepare(&tok_dir, &release.lm)?;
+    // open_flamingo resizes the embeddings to `len(tokenizer)`
+    if release.decoder.vocab != tok.len {
+        return Err(Error::Config {
+            path: opts.checkpoint.display().to_string(),
+            message: format!(
+                "the embedding `{}` has {} rows but the tokenizer {} has {} tokens{}",
+                release.decoder.embed,
+                release.decoder.vocab,
+                tok_dir.join("tokenizer.json").display(),
+                tok.len,
+                if tok.added.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (after adding {})", tok.added.join(", "))
+                }
+            ),
+        });
+    }
+    let special = tok.special.clone();
     let output = OutputDir::create(&opts.out, opts.force)?;
     let spec = Spec {
         weights: &release.store,
@@ -367,8 +412,14 @@ pub fn export(opts: &ExportOptions, progress: &mut dyn Progress) -> Result<Manif
         family: release.lm.model_type.clone(),
         lm: lm_info(&release.lm, &release.decoder),
         special,
-        tokenizer: Some(opts.tokenizer.clone()),
-        tokenizer_json: None,
+        tokenizer: Some(tok_dir.clone()),
+        tokenizer_files: [
+            ("tokenizer.json", tok.tokenizer_json),
+            ("special_tokens_map.json", tok.special_tokens_map),
+        ]
+        .into_iter()
+        .filter_map(|(n, t)| Some((n, t?)))
+        .collect(),
         rewrite: opts.rewrite,
     };
     let m = write_spec(&spec, output.path(), progress)?;
@@ -389,8 +440,8 @@ pub struct Spec<'a> {
     pub special: SpecialTokens,
     /// A tokenizer directory to copy in, if any.
     pub tokenizer: Option<PathBuf>,
-    /// Or the text of a `tokenizer.json` to write.
-    pub tokenizer_json: Option<String>,
+    /// Tokenizer files written instead of copied: (file name, text).
+    pub tokenizer_files: Vec<(&'static str, String)>,
     pub rewrite: Option<(Precision, Rewrite)>,
 }
 
@@ -447,14 +498,17 @@ pub fn write_spec(spec: &Spec, dir: &Path, progress: &mut dyn Progress) -> Resul
     }
     let tok_dir = dir.join("tokenizer");
     fs::create_dir_all(&tok_dir).map_err(io_err(&tok_dir))?;
-    if let Some(text) = &spec.tokenizer_json {
-        let p = tok_dir.join("tokenizer.json");
+    for (name, text) in &spec.tokenizer_files {
+        let p = tok_dir.join(name);
         fs::write(&p, text).map_err(io_err(&p))?;
     }
     for f in tokens::TOKENIZER_FILES {
         let Some(src) = spec.tokenizer.as_ref().map(|t| t.join(f)) else {
             break;
         };
+        if spec.tokenizer_files.iter().any(|(n, _)| n == f) {
+            continue;
+        }
         if src.exists() {
             let dst = tok_dir.join(f);
             fs::copy(&src, &dst).map_err(io_err(&src))?;

@@ -19,7 +19,13 @@ use flamingo_export::{ExportOptions, NoProgress, TensorStore};
 use flamingo_runtime::BackendKind;
 
 /// Every fixture (copied from `../shared/fixtures` into `tests/fixtures`).
-pub const FIXTURES: [&str; 4] = ["tiny-mpt", "tiny-neox", "tiny-llama", "tiny-llama-video"];
+pub const FIXTURES: [&str; 5] = [
+    "tiny-mpt",
+    "tiny-neox",
+    "tiny-llama",
+    "tiny-llama-video",
+    "tiny-mosaic",
+];
 
 /// The backends CI can run; every golden test runs on each of them.
 pub const BACKENDS: [BackendKind; 2] = [BackendKind::Tract, BackendKind::OrtCpu];
@@ -51,10 +57,30 @@ pub fn named_case(fixture: &str, name: &str) -> Result<serde_json::Value> {
         .with_context(|| format!("{fixture}: no `{name}` case"))
 }
 
-/// Export options for a fixture into `out`.
+/// Export options for a fixture into `out`: its files as `flamingo.json`'s
+/// `files` names them (the releases' layout), else the tidy layout with the
+/// tokenizer and the cross-attention interval given.
 pub fn export_options(name: &str, out: &Path) -> Result<ExportOptions> {
     let f = fixture(name);
-    let n = flamingo_json(name)?["cross_attn_every_n_layers"]
+    let j = flamingo_json(name)?;
+    if let Some(files) = j.get("files") {
+        let file = |k: &str| -> Result<PathBuf> {
+            Ok(f.join(files[k].as_str().with_context(|| format!("files.{k}"))?))
+        };
+        return Ok(ExportOptions {
+            clip: file("clip")?,
+            vision_preset: None,
+            lm: file("lm")?,
+            checkpoint: file("checkpoint")?,
+            tokenizer: None,
+            cross_attn_every_n_layers: None,
+            out: out.to_path_buf(),
+            force: false,
+            release: None,
+            rewrite: None,
+        });
+    }
+    let n = j["cross_attn_every_n_layers"]
         .as_u64()
         .context("cross_attn_every_n_layers")? as usize;
     Ok(ExportOptions {
@@ -62,12 +88,34 @@ pub fn export_options(name: &str, out: &Path) -> Result<ExportOptions> {
         vision_preset: None,
         lm: f.join("lm"),
         checkpoint: f.join("checkpoint.pt"),
-        tokenizer: f.join("tokenizer"),
-        cross_attn_every_n_layers: n,
+        tokenizer: Some(f.join("tokenizer")),
+        cross_attn_every_n_layers: Some(n),
         out: out.to_path_buf(),
         force: false,
+        release: None,
         rewrite: None,
     })
+}
+
+/// A private, mutable copy of a fixture in the scratch directory.
+pub fn copy_fixture(name: &str, tag: &str) -> Result<PathBuf> {
+    let dst = scratch().join(format!("copy-{name}-{tag}"));
+    copy_dir(&fixture(name), &dst)?;
+    Ok(dst)
+}
+
+pub fn copy_dir(src: &Path, dst: &Path) -> Result<()> {
+    std::fs::create_dir_all(dst)?;
+    for e in std::fs::read_dir(src)? {
+        let e = e?;
+        let to = dst.join(e.file_name());
+        if e.file_type()?.is_dir() {
+            copy_dir(&e.path(), &to)?;
+        } else {
+            std::fs::copy(e.path(), to)?;
+        }
+    }
+    Ok(())
 }
 
 static TMP: OnceLock<tempfile::TempDir> = OnceLock::new();

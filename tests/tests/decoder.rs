@@ -57,9 +57,10 @@ fn media_times(prompt: &[i64], generated: usize, media_token: i64) -> Vec<i64> {
 }
 
 golden!([tiny_mpt = "tiny-mpt", tiny_neox = "tiny-neox", tiny_llama = "tiny-llama",
-         tiny_llama_video = "tiny-llama-video"]
+         tiny_llama_video = "tiny-llama-video", tiny_mosaic = "tiny-mosaic"]
     full_prompt_logits_match_the_reference);
-golden!([tiny_mpt = "tiny-mpt", tiny_neox = "tiny-neox", tiny_llama = "tiny-llama"]
+golden!([tiny_mpt = "tiny-mpt", tiny_neox = "tiny-neox", tiny_llama = "tiny-llama",
+     tiny_mosaic = "tiny-mosaic"]
     incremental_decoding_equals_a_full_pass_and_the_reference_greedy_scores);
 golden!([tiny_neox = "tiny-neox"] a_decode_step_can_keep_only_the_last_logits);
 

@@ -8,33 +8,12 @@ use flamingo_export::safetensors::{write_f32, Named};
 use flamingo_export::{export, ExportOptions, NoProgress, TensorStore};
 use flamingo_tests::*;
 
-/// A private, mutable copy of a fixture.
-fn copy_fixture(name: &str, tag: &str) -> Result<PathBuf> {
-    let dst = scratch().join(format!("copy-{name}-{tag}"));
-    copy_dir(&fixture(name), &dst)?;
-    Ok(dst)
-}
-
-fn copy_dir(src: &Path, dst: &Path) -> Result<()> {
-    std::fs::create_dir_all(dst)?;
-    for e in std::fs::read_dir(src)? {
-        let e = e?;
-        let to = dst.join(e.file_name());
-        if e.file_type()?.is_dir() {
-            copy_dir(&e.path(), &to)?;
-        } else {
-            std::fs::copy(e.path(), to)?;
-        }
-    }
-    Ok(())
-}
-
 fn options_in(dir: &Path, out: &Path) -> Result<ExportOptions> {
     let mut o = export_options("tiny-mpt", out)?;
     o.clip = dir.join("clip/open_clip_pytorch_model.bin");
     o.lm = dir.join("lm");
     o.checkpoint = dir.join("checkpoint.pt");
-    o.tokenizer = dir.join("tokenizer");
+    o.tokenizer = Some(dir.join("tokenizer"));
     Ok(o)
 }
 
@@ -279,7 +258,7 @@ fn an_unknown_lm_family_lists_the_supported_ones() -> Result<()> {
     std::fs::write(&cfg, text)?;
     expect_failure(
         &options_in(&dir, &dir.join("out"))?,
-        &["bloom", "mpt, gpt_neox, llama"],
+        &["bloom", "mpt, mosaic_gpt, gpt_neox, llama"],
     )?;
     Ok(())
 }
@@ -305,7 +284,7 @@ fn with_lm_config(fx: &str, tag: &str, from: &str, to: &str) -> Result<ExportOpt
     o.clip = dir.join("clip/open_clip_pytorch_model.bin");
     o.lm = dir.join("lm");
     o.checkpoint = dir.join("checkpoint.pt");
-    o.tokenizer = dir.join("tokenizer");
+    o.tokenizer = Some(dir.join("tokenizer"));
     Ok(o)
 }
 
@@ -358,7 +337,7 @@ fn lm_config_disagreeing_with_the_tensors_names_the_tensor_and_both_shapes() -> 
 #[test]
 fn a_wrong_cross_attention_interval_is_an_error() -> Result<()> {
     let mut o = export_options("tiny-neox", &scratch().join("wrong-n"))?;
-    o.cross_attn_every_n_layers = 1;
+    o.cross_attn_every_n_layers = Some(1);
     expect_failure(
         &o,
         &["--cross-attn-every-n-layers", "gated_cross_attn_layer"],

@@ -43,7 +43,8 @@ fn full_ids(g: &flamingo_runtime::Generation) -> Vec<u32> {
     v
 }
 
-golden!([tiny_mpt = "tiny-mpt", tiny_neox = "tiny-neox", tiny_llama = "tiny-llama"]
+golden!([tiny_mpt = "tiny-mpt", tiny_neox = "tiny-neox", tiny_llama = "tiny-llama",
+     tiny_mosaic = "tiny-mosaic"]
     greedy_and_beam_outputs_equal_the_reference,
     candidate_log_probabilities_match_the_reference,
     a_left_padded_batch_with_different_media_counts_equals_the_reference);

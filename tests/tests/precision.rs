@@ -91,10 +91,11 @@ fn case_logits(model: &mut Model, fx: &str) -> Result<Vec<(String, ndarray::Arra
 per_variant!(logits_stay_close_to_fp32
     [FP16_TRACT, FP16_ORT, INT8_TRACT, INT8_ORT, INT8_NBITS, INT4, INT4_GPTQ]
     [tiny_mpt = "tiny-mpt", tiny_neox = "tiny-neox", tiny_llama = "tiny-llama",
-     tiny_llama_video = "tiny-llama-video"]);
+     tiny_llama_video = "tiny-llama-video", tiny_mosaic = "tiny-mosaic"]);
 per_variant!(greedy_ids_match_fp32_where_the_margin_allows
     [FP16_TRACT, FP16_ORT]
-    [tiny_mpt = "tiny-mpt", tiny_neox = "tiny-neox", tiny_llama = "tiny-llama"]);
+    [tiny_mpt = "tiny-mpt", tiny_neox = "tiny-neox", tiny_llama = "tiny-llama",
+     tiny_mosaic = "tiny-mosaic"]);
 
 /// Every case's full-prompt logits, from the PNGs, against fp32's on the
 /// variant's backend: cosine at least the variant's floor.
@@ -435,7 +436,7 @@ fn output_gates_fold_into_the_int4_block_scales() -> Result<()> {
         }
         g
     }
-    for fx in ["tiny-mpt", "tiny-neox"] {
+    for fx in ["tiny-mpt", "tiny-neox", "tiny-mosaic"] {
         let m = flamingo_contract::Manifest::load(&exported(fx)?)?;
         let gated = m.model.decoder.gated_layers.len();
         let unfused = converted(fx, "int4-unfused-f32-compute", &move |role, g| {
@@ -920,7 +921,7 @@ fn the_int4_kernel_equals_its_definition_over_its_weights() -> Result<()> {
     };
     // every scale-block size on some fixture (LLaMA's 160-wide MLP: a
     // partial block of 64)
-    for (fx, bs) in FIXTURES.into_iter().zip([32, 128, 64, 32]) {
+    for (fx, bs) in FIXTURES.into_iter().zip([32, 128, 64, 32, 64]) {
         let kind = WeightBits::Int4Flamingo { block_size: bs };
         let ours = converted(fx, &format!("int4-flamingo-{bs}-head4"), &|role, g| {
             if role != GraphRole::Decoder {

@@ -7,7 +7,7 @@ use flamingo_runtime::{BackendKind, Model};
 use flamingo_tests::*;
 
 golden!([tiny_mpt = "tiny-mpt", tiny_neox = "tiny-neox", tiny_llama = "tiny-llama",
-         tiny_llama_video = "tiny-llama-video"]
+         tiny_llama_video = "tiny-llama-video", tiny_mosaic = "tiny-mosaic"]
     vision_tokens_match_the_reference,
     latents_match_the_reference_for_every_case);
 

@@ -52,6 +52,24 @@ impl Default for GptNeoxConfig {
     }
 }
 
+impl GptNeoxConfig {
+    /// OpenFlamingo-4B's LM (togethercomputer/RedPajama-INCITE-Base-3B-v1).
+    pub fn redpajama_3b() -> GptNeoxConfig {
+        GptNeoxConfig {
+            hidden_size: 2560,
+            num_attention_heads: 32,
+            num_hidden_layers: 32,
+            intermediate_size: Some(10240),
+            rotary_pct: 1.0,
+            rotary_emb_base: 10000.0,
+            use_parallel_residual: false,
+            layer_norm_eps: 1e-5,
+            max_position_embeddings: Some(2048),
+            vocab_size: 50432,
+        }
+    }
+}
+
 impl FamilyConfig for GptNeoxConfig {
     fn family(&self) -> &'static Family {
         &FAMILY
@@ -115,6 +133,7 @@ impl FamilyConfig for GptNeoxConfig {
                 Residual::Sequential
             },
             xattn: cx.xattn.clone(),
+            ..Default::default()
         })
     }
 }

@@ -116,6 +116,7 @@ impl FamilyConfig for LlamaConfig {
             },
             residual: Residual::Sequential,
             xattn: cx.xattn.clone(),
+            ..Default::default()
         })
     }
 }

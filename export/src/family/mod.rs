@@ -13,6 +13,7 @@
 
 pub mod gpt_neox;
 pub mod llama;
+pub mod mosaic_gpt;
 pub mod mpt;
 
 use std::fmt::Debug;
@@ -39,7 +40,12 @@ pub struct Family {
 }
 
 /// The supported families (`model_type` in `config.json`).
-pub const FAMILIES: &[&Family] = &[&mpt::FAMILY, &gpt_neox::FAMILY, &llama::FAMILY];
+pub const FAMILIES: &[&Family] = &[
+    &mpt::FAMILY,
+    &mosaic_gpt::FAMILY,
+    &gpt_neox::FAMILY,
+    &llama::FAMILY,
+];
 
 /// The `model_type`s of [`FAMILIES`].
 pub fn supported() -> Vec<&'static str> {
@@ -89,6 +95,11 @@ pub struct Context<'a> {
 }
 
 impl Context<'_> {
+    /// The config file (for errors).
+    pub fn path(&self) -> &str {
+        self.path
+    }
+
     /// `lang_encoder.<rel>`.
     pub fn name(&self, rel: &str) -> String {
         format!("{P}{rel}")
@@ -223,6 +234,45 @@ pub fn decoder_config(
     })
 }
 
+/// `cross_attn_every_n_layers` as the checkpoint says it: the layer
+/// indices holding a gated block are those `i` with `(i+1) % n == 0`.
+pub fn every_n_from_checkpoint(
+    lm: &crate::lm::LmConfig,
+    store: &TensorStore,
+    checkpoint: &std::path::Path,
+) -> Result<usize> {
+    let layers_path = format!("{P}{}", lm.config.family().layers);
+    let num_layers = lm.config.num_layers();
+    let gated: Vec<usize> = (0..num_layers)
+        .filter(|i| {
+            let name = format!("{layers_path}.{i}.gated_cross_attn_layer.attn_gate");
+            store.get_entry(&name).is_some()
+        })
+        .collect();
+    let Some(&first) = gated.first() else {
+        return Err(Error::Config {
+            path: checkpoint.display().to_string(),
+            message: format!(
+                "no gated cross-attention layer (`{layers_path}.<i>.gated_cross_attn_layer.*`)"
+            ),
+        });
+    };
+    let n = first + 1;
+    let want: Vec<usize> = (0..num_layers)
+        .filter(|i| (i + 1).is_multiple_of(n))
+        .collect();
+    if gated != want {
+        return Err(Error::Config {
+            path: checkpoint.display().to_string(),
+            message: format!(
+                "the gated cross-attention layers {gated:?} of {num_layers} fit no interval \
+                 (every n-th layer, before layer i when (i+1) % n == 0)"
+            ),
+        });
+    }
+    Ok(n)
+}
+
 /// Checks that the gated blocks sit where `xattn.every_n` puts them and
 /// reads their sizes from the first one.
 fn checkpoint_xattn(
@@ -264,4 +314,92 @@ fn checkpoint_xattn(
     xattn.heads = inner / xattn.dim_head;
     xattn.ff_mult = ff_rows / hidden.max(1);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lm::LmConfig;
+    use flamingo_graphs::blocks::decoder::{AlibiSlopes, PositionKind};
+
+    fn resampler() -> ResamplerConfig {
+        ResamplerConfig {
+            dim: 64,
+            depth: 1,
+            heads: 1,
+            dim_head: 64,
+            num_latents: 64,
+            ff_mult: 4,
+            eps: 1e-5,
+            max_num_frames: None,
+            max_num_media: None,
+        }
+    }
+
+    fn decoder(json: &str) -> Result<DecoderConfig> {
+        let lm = LmConfig::parse(json, "lm/config.json")?;
+        decoder_config(&lm, None, &resampler(), 1)
+    }
+
+    #[test]
+    fn mosaicml_mpt_options_map_or_are_named() {
+        let d = decoder(
+            r#"{"model_type": "mpt", "d_model": 64, "n_heads": 4, "n_layers": 2,
+                "attn_config": {"qk_ln": true, "clip_qkv": 6.0, "softmax_scale": 0.1},
+                "logit_scale": "inv_sqrt_d_model", "learned_pos_emb": true}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            d.attn.qk_norm,
+            Some(("attn.q_ln".to_string(), "attn.k_ln".to_string()))
+        );
+        assert_eq!(
+            (d.attn.clip_qkv, d.attn.softmax_scale),
+            (Some(6.0), Some(0.1))
+        );
+        assert_eq!(d.logit_scale, Some(0.125));
+        for (cfg, option) in [
+            (
+                r#""attn_config": {"prefix_lm": true}"#,
+                "attn_config.prefix_lm",
+            ),
+            (r#""attn_config": {"alibi": false}"#, "attn_config.alibi"),
+            (r#""norm_type": "rmsnorm""#, "norm_type"),
+            (r#""logit_scale": "huge""#, "logit_scale"),
+        ] {
+            let json = format!(
+                r#"{{"model_type": "mpt", "d_model": 64, "n_heads": 4, "n_layers": 2, {cfg}}}"#
+            );
+            let err = decoder(&json).unwrap_err().to_string();
+            assert!(
+                err.contains(option) && err.contains("lm/config.json"),
+                "{err}"
+            );
+        }
+    }
+
+    #[test]
+    fn mosaic_gpt_maps_its_own_names_and_slopes() {
+        let d = decoder(
+            r#"{"model_type": "mosaic_gpt", "d_model": 64, "n_heads": 4, "n_layers": 3,
+                "mlp_ratio": 4, "alibi": true, "alibi_bias_max": 8, "attn_qk_ln": true,
+                "no_bias": true, "vocab_size": 416}"#,
+        )
+        .unwrap();
+        assert_eq!(d.names.ln1, "ln_1");
+        assert_eq!(d.lm_head, d.embed, "tied");
+        assert!(matches!(
+            d.position,
+            PositionKind::Alibi {
+                slopes: AlibiSlopes::Linear,
+                ..
+            }
+        ));
+        assert_eq!(d.intermediate, 256);
+        assert!(d.attn.qk_norm.is_some());
+        let err = decoder(r#"{"model_type": "mosaic_gpt", "alibi": false}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("`alibi`"), "{err}");
+    }
 }

@@ -54,10 +54,33 @@ pub enum MlpKind {
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum PositionKind {
-    /// ALiBi: slope_h * (key - last key), slopes 1/2^(i·max/H'), H' the next power of two.
-    Alibi { bias_max: f32 },
+    /// ALiBi: slope_h * (key - last key).
+    Alibi { bias_max: f32, slopes: AlibiSlopes },
     /// Rotate-half RoPE on the first `dims` of each head.
     Rotary { dims: usize, base: f32 },
+}
+
+/// How ALiBi's per-head slopes are laid out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AlibiSlopes {
+    /// transformers' MPT: `1/2^(i·max/H')` for i = 1..H', H' the next power
+    /// of two, odd ones first when H is not a power of two.
+    Interleaved,
+    /// MosaicGPT: `1/2^(h·max/H)` for h = 1..H, in order.
+    Linear,
+}
+
+/// Optional parts of self-attention; the defaults are absent.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct AttnOptions {
+    /// LayerNorm (weight, and bias as the family's norms) over the
+    /// full-width q and k, before the heads are split: their names relative
+    /// to the layer (MosaicGPT's `attn_qk_ln`: `attn.q_ln`, `attn.k_ln`).
+    pub qk_norm: Option<(String, String)>,
+    /// q, k and v clamped to `[-c, c]` (`attn_clip_qkv`).
+    pub clip_qkv: Option<f32>,
+    /// The softmax scale, where it is not `head_dim^-1/2`.
+    pub softmax_scale: Option<f32>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -122,6 +145,63 @@ pub struct DecoderConfig {
     pub position: PositionKind,
     pub residual: Residual,
     pub xattn: XAttnConfig,
+    /// Optional attention parts (qk norm, clipping, softmax scale).
+    pub attn: AttnOptions,
+    /// Logits multiplied by this (MosaicGPT's `logit_scale`).
+    pub logit_scale: Option<f32>,
+}
+
+/// A placeholder every family overrides field by field (`..Default::default()`
+/// fills only the optional parts a family does not use).
+impl Default for DecoderConfig {
+    fn default() -> Self {
+        DecoderConfig {
+            layers_path: String::new(),
+            embed: String::new(),
+            final_norm: String::new(),
+            lm_head: String::new(),
+            names: LayerNames {
+                ln1: String::new(),
+                ln2: String::new(),
+                qkv: QkvLayout::Fused {
+                    name: String::new(),
+                    bias: false,
+                },
+                out: String::new(),
+                out_bias: false,
+                mlp: MlpKind::Gelu {
+                    up: String::new(),
+                    down: String::new(),
+                    bias: false,
+                },
+            },
+            hidden: 0,
+            heads: 0,
+            kv_heads: 0,
+            head_dim: 0,
+            intermediate: 0,
+            num_layers: 0,
+            vocab: 0,
+            eps: 1e-5,
+            norm: NormKind::LayerNorm { bias: true },
+            position: PositionKind::Alibi {
+                bias_max: 8.0,
+                slopes: AlibiSlopes::Interleaved,
+            },
+            residual: Residual::Sequential,
+            xattn: XAttnConfig {
+                every_n: 1,
+                heads: 8,
+                dim_head: 64,
+                ff_mult: 4,
+                dim_visual: 0,
+                num_latents: 64,
+                eps: 1e-5,
+            },
+            attn: AttnOptions::default(),
+            logit_scale: None,
+        }
+    }
 }
 
 impl DecoderConfig {
@@ -260,9 +340,12 @@ fn shared(s: &mut Scope, cfg: &DecoderConfig, inp: &DecoderInputs) -> Result<Sha
     let allowed = s.node("And", &[causal, pad], vec![]);
 
     let alibi = match cfg.position {
-        PositionKind::Alibi { bias_max } => {
+        PositionKind::Alibi { bias_max, slopes } => {
             let s = &mut s.fp32();
-            let slopes = alibi_slopes(cfg.heads, bias_max);
+            let slopes = match slopes {
+                AlibiSlopes::Interleaved => alibi_slopes(cfg.heads, bias_max),
+                AlibiSlopes::Linear => linear_alibi_slopes(cfg.heads, bias_max),
+            };
             let sl = s.constant(crate::Tensor::from_f32(vec![cfg.heads, 1, 1], &slopes));
             let last = s.sub(total, one);
             let rel = s.sub(kidx, last);
@@ -336,6 +419,13 @@ pub fn alibi_slopes(heads: usize, bias_max: f32) -> Vec<f32> {
     odd.chain(even).take(heads).copied().collect()
 }
 
+/// MosaicGPT's ALiBi slopes (`alibi_bias`): `1/2^(h·max/H)`, h = 1..H.
+pub fn linear_alibi_slopes(heads: usize, bias_max: f32) -> Vec<f32> {
+    (1..=heads)
+        .map(|h| 1.0 / 2f32.powf(h as f32 * (bias_max / heads as f32)))
+        .collect()
+}
+
 /// Rotate-half RoPE on the first `dims` of the last axis of `x` `[B,H,S,Dh]`.
 fn apply_rotary(
     s: &mut Scope,
@@ -376,15 +466,25 @@ fn self_attention(
     let (nh, nkv) = (cfg.heads, cfg.kv_heads);
     let (q, k, v) = match &cfg.names.qkv {
         QkvLayout::Fused { name, bias } => {
-            let qkv = linear(&mut s.pp(name), h, d, (nh + 2 * nkv) * hd, *bias)?;
+            let mut qkv = linear(&mut s.pp(name), h, d, (nh + 2 * nkv) * hd, *bias)?;
+            if let Some(c) = cfg.attn.clip_qkv {
+                let (lo, hi) = (s.scalar_f32(-c), s.scalar_f32(c));
+                qkv = s.node("Clip", &[qkv, lo, hi], vec![]);
+            }
             let p = s.split(
                 qkv,
                 -1,
                 &[(nh * hd) as i64, (nkv * hd) as i64, (nkv * hd) as i64],
             );
+            let (mut q, mut k) = (p[0], p[1]);
+            if let Some((qn, kn)) = &cfg.attn.qk_norm {
+                let bias = matches!(cfg.norm, NormKind::LayerNorm { bias: true });
+                q = layer_norm(&mut s.pp(qn), q, nh * hd, cfg.eps, bias)?;
+                k = layer_norm(&mut s.pp(kn), k, nkv * hd, cfg.eps, bias)?;
+            }
             (
-                split_heads(s, p[0], 3, nh, hd),
-                split_heads(s, p[1], 3, nkv, hd),
+                split_heads(s, q, 3, nh, hd),
+                split_heads(s, k, 3, nkv, hd),
                 split_heads(s, p[2], 3, nkv, hd),
             )
         }
@@ -415,7 +515,7 @@ fn self_attention(
     };
     let k = s.concat(&[past.0, k], 2);
     let v = s.concat(&[past.1, v], 2);
-    let scale = s.scalar_f32((hd as f32).powf(-0.5));
+    let scale = s.scalar_f32(cfg.attn.softmax_scale.unwrap_or((hd as f32).powf(-0.5)));
     let out = if nkv == nh {
         let kt = s.transpose(k, &[0, 1, 3, 2]);
         let qk = s.matmul(q, kt);
@@ -564,7 +664,11 @@ pub fn decoder(s: &mut Scope, cfg: &DecoderConfig, inp: &DecoderInputs) -> Resul
     let out_shape = hs.concat(&[bk, vdim], 0);
     let flat = hs.reshape(kept, &[-1, d as i64]);
     let lg = hs.node("Gemm", &[flat, head], vec![("transB", Attr::Int(1))]);
-    let logits = hs.reshape_to(lg, out_shape);
+    let mut logits = hs.reshape_to(lg, out_shape);
+    if let Some(ls) = cfg.logit_scale {
+        let k = hs.scalar_f32(ls);
+        logits = hs.mul(logits, k);
+    }
     Ok(DecoderOutputs { logits, present })
 }
 
@@ -590,6 +694,16 @@ pub fn decoder_input_names(cfg: &DecoderConfig) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mosaic_gpt_slopes_are_linear_in_the_head_without_interleaving() {
+        // 6 heads, max 8: 2^-(8/6), 2^-(16/6), ... 2^-8
+        let s = linear_alibi_slopes(6, 8.0);
+        assert_eq!(s.len(), 6);
+        assert!((s[0] - 2f32.powf(-8.0 / 6.0)).abs() < 1e-7);
+        assert!((s[5] - 2f32.powf(-8.0)).abs() < 1e-9);
+        assert_eq!(linear_alibi_slopes(4, 8.0), alibi_slopes(4, 8.0));
+    }
 
     #[test]
     fn alibi_slopes_follow_transformers_for_power_of_two_and_other_head_counts() {
