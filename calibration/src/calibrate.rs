@@ -59,6 +59,7 @@ pub fn observe_with(
     let scratch =
         std::env::temp_dir().join(format!("flamingo-observe-{}-{run}", std::process::id()));
     let _ = std::fs::remove_dir_all(&scratch);
+    flamingo_export::output::track_partial(&scratch);
     let mut watched: HashMap<GraphRole, Vec<String>> = HashMap::new();
     let m = Manifest::load(model)?;
     for (role, info) in &m.graphs {
@@ -100,6 +101,7 @@ pub fn observe_with(
         Ok(())
     })();
     let _ = std::fs::remove_dir_all(&scratch);
+    flamingo_export::output::untrack_partial(&scratch);
     result
 }
 

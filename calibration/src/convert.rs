@@ -37,18 +37,18 @@ pub fn convert_with(
     progress: &mut dyn Progress,
 ) -> Result<Manifest> {
     let mut m = Manifest::load(input)?;
-    if out.exists() && !force {
-        return Err(Error::OutputExists {
-            path: out.display().to_string(),
-        });
-    }
     if input.canonicalize().ok() == out.canonicalize().ok() {
         return Err(Error::Config {
             path: out.display().to_string(),
             message: "the output must differ from the input".into(),
         });
     }
-    let output = OutputDir::create(out, force)?;
+    // the source export as the manifest says it (a corrupted one is not rewritten)
+    flamingo_runtime::verify::check(input, &m, true).map_err(|e| Error::Config {
+        path: input.display().to_string(),
+        message: e.to_string(),
+    })?;
+    let output = OutputDir::create(out, force, &[input])?;
     let tmp = output.path();
     for (role, info) in m.graphs.clone() {
         let (g, opsets) = onnx::read(&input.join(&info.file))?;

@@ -47,8 +47,13 @@ pub struct Args {
     /// per-stage breakdown
     #[arg(long)]
     plot: Option<PathBuf>,
+    /// Replace an existing --plot file
+    #[arg(long)]
+    force: bool,
     #[command(flatten)]
     gpu: crate::gpu::GpuArgs,
+    #[command(flatten)]
+    load: crate::load::LoadArgs,
 }
 
 /// What `flamingo bench --json` prints (times in ms, sizes in bytes; fields
@@ -346,17 +351,18 @@ pub fn run(a: Args) -> Result<()> {
         if dir.is_some_and(|d| !d.is_dir()) {
             anyhow::bail!("--plot {}: no such directory", p.display());
         }
+        crate::load::check_output_file(p, a.force, "--plot")?;
     }
     // the bandwidth probe's buffer first, so that it is not counted below
     let bandwidth = memory_bandwidth(a.bandwidth_bytes);
     let before_load = if reset_peak_rss() { 0 } else { peak_rss() };
     let t0 = Instant::now();
-    let mut model = Model::load_with_gpu(&a.model, a.backend, &a.gpu.options())?;
+    let mut model = a.load.model(&a.model, a.backend, &a.gpu)?;
     let load_ms = t0.elapsed().as_secs_f64() * 1e3;
     let (load_peak, rss_loaded) = (peak_rss().max(before_load), status_bytes("VmRSS:"));
     let mut base = match &a.baseline {
         Some(p) => {
-            let b = Model::load_with_gpu(p, a.backend, &a.gpu.options())?;
+            let b = a.load.model(p, a.backend, &a.gpu)?;
             if b.manifest.model.decoder != model.manifest.model.decoder {
                 anyhow::bail!(
                     "--baseline {}: not the same model as {} (the decoders differ)",

@@ -45,7 +45,8 @@ pub fn run(a: Args) -> Result<()> {
         "percentile" => bail!("--percentile must be in (0, 100], got {}", a.percentile),
         other => bail!("--method {other}: expected entropy, percentile or minmax"),
     };
-    let reqs = crate::progress::calibration_requests(&a.out, a.force, &a.data, a.samples, 4)?;
+    let reqs =
+        crate::progress::calibration_requests(&a.model, &a.out, a.force, &a.data, a.samples, 4)?;
     let show = !a.json && std::io::stderr().is_terminal();
     let bar = crate::progress::request_bar(show, reqs.len(), "observing");
     let ranges =

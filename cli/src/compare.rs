@@ -33,7 +33,7 @@ pub fn run(a: Args) -> Result<()> {
         max_new_tokens: 10,
         ..Default::default()
     };
-    let reqs = crate::generate::read_requests(&a.data, &defaults)?;
+    let reqs = crate::generate::read_requests(&a.data, &defaults, None)?;
     if reqs.is_empty() {
         bail!("{}: no requests", a.data.display());
     }

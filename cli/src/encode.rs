@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use flamingo_export::safetensors::{write_f32, Named};
-use flamingo_runtime::{BackendKind, Model};
+use flamingo_runtime::BackendKind;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -23,9 +23,14 @@ pub struct Args {
     /// Output .safetensors with `vision_tokens` and `latents`
     #[arg(long)]
     out: PathBuf,
+    /// Replace --out if it exists (a regular file only)
+    #[arg(long)]
+    force: bool,
     /// Print a JSON summary
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    load: crate::load::LoadArgs,
 }
 
 pub fn run(a: Args) -> Result<()> {
@@ -33,7 +38,8 @@ pub fn run(a: Args) -> Result<()> {
     if media.is_empty() {
         anyhow::bail!("give at least one --image or --video");
     }
-    let mut model = Model::load(&a.model, a.backend)?;
+    crate::load::check_output_file(&a.out, a.force, "--out")?;
+    let mut model = a.load.model(&a.model, a.backend, &Default::default())?;
     let enc = model.encode(&media)?;
     let tokens = enc.vision_tokens.as_standard_layout().to_owned();
     let latents = enc.latents.as_standard_layout().to_owned();

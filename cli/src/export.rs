@@ -36,6 +36,12 @@ pub struct Args {
     /// openflamingo-9b-vitl-mpt7b
     #[arg(long, conflicts_with = "preset")]
     release: Option<String>,
+    /// Refuse checkpoint pickles nesting containers deeper than this
+    #[arg(long, default_value_t = 1000)]
+    max_pickle_depth: u32,
+    /// Refuse checkpoint pickles of more values than this
+    #[arg(long, default_value_t = 50_000_000)]
+    max_pickle_objects: u64,
     /// Export an official shape with random weights instead of a release:
     /// of-mini, or of-3b, of-4b, of-9b (the releases' architectures)
     #[arg(long, requires = "random_weights", conflicts_with_all = ["clip", "lm", "checkpoint", "tokenizer"])]
@@ -83,6 +89,10 @@ pub fn run(a: Args) -> Result<()> {
             out: a.out.clone(),
             force: a.force,
             release: a.release,
+            pickle_limits: flamingo_export::pickle::PickleLimits {
+                max_depth: a.max_pickle_depth,
+                max_objects: a.max_pickle_objects,
+            },
             rewrite,
         };
         flamingo_export::export(&opts, &mut bars)?

@@ -1,11 +1,10 @@
 //! `flamingo generate`: one prompt, or a JSONL batch of requests.
 
-use std::io::{BufRead, Write};
+use std::io::{BufRead, Read, Write};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use flamingo_runtime::pipeline::resolve;
-use flamingo_runtime::{BackendKind, GenerateOptions, Generation, Media, Pipeline, Request};
+use flamingo_runtime::{BackendKind, GenerateOptions, Generation, Pipeline, Request};
 use serde_json::{json, Value};
 
 #[derive(clap::Args)]
@@ -59,8 +58,14 @@ pub struct Args {
     /// One JSON object per request on stdout
     #[arg(long)]
     json: bool,
+    /// Batch requests run together at most (a batch file streams through
+    /// in chunks of this many lines: memory does not grow with its length)
+    #[arg(long, default_value_t = 16)]
+    batch_chunk: usize,
     #[command(flatten)]
     gpu: crate::gpu::GpuArgs,
+    #[command(flatten)]
+    load: crate::load::LoadArgs,
 }
 
 impl Args {
@@ -103,10 +108,10 @@ pub fn to_json(g: &Generation) -> Value {
 }
 
 pub fn run(a: Args) -> Result<()> {
-    let mut p = Pipeline::load_with_gpu(&a.model, a.backend, &a.gpu.options())?;
+    let mut p = a.load.pipeline(&a.model, a.backend, &a.gpu)?;
     let defaults = a.options(&p)?;
     if let Some(batch) = &a.batch {
-        return run_batch(&mut p, batch, &defaults, a.json);
+        return run_batch(&mut p, batch, &defaults, a.json, a.batch_chunk.max(1));
     }
     let req = Request {
         prompt: a.prompt.clone().unwrap_or_default(),
@@ -143,98 +148,159 @@ pub fn parse_request(
     base: &Path,
     defaults: &GenerateOptions,
 ) -> Result<Request, String> {
-    let v: Value = serde_json::from_str(line).map_err(|e| format!("not valid JSON: {e}"))?;
-    let obj = v.as_object().ok_or("a request must be a JSON object")?;
-    let prompt = obj
-        .get("prompt")
-        .and_then(|p| p.as_str())
-        .ok_or("missing \"prompt\" (a string)")?
-        .to_string();
-    let mut media = Vec::new();
-    for (i, m) in obj
-        .get("media")
-        .and_then(|m| m.as_array())
-        .cloned()
-        .unwrap_or_default()
-        .iter()
-        .enumerate()
-    {
-        match m {
-            Value::String(s) => media.push(Media::Image(resolve(base, s))),
-            Value::Array(frames) => {
-                let fr: Option<Vec<PathBuf>> = frames
-                    .iter()
-                    .map(|f| f.as_str().map(|s| resolve(base, s)))
-                    .collect();
-                media.push(Media::Video(
-                    fr.ok_or(format!("media[{i}]: video frames must be strings"))?,
-                ));
-            }
-            _ => {
-                return Err(format!(
-                    "media[{i}] must be a path or a list of frame paths"
-                ))
-            }
-        }
-    }
-    // per-request options override the command line's
-    let mut opts = serde_json::to_value(defaults).map_err(|e| e.to_string())?;
-    for (k, val) in obj {
-        if k != "prompt" && k != "media" {
-            if opts.get(k).is_none() {
-                return Err(format!("unknown field \"{k}\""));
-            }
-            opts[k] = val.clone();
-        }
-    }
-    let options: GenerateOptions =
-        serde_json::from_value(opts).map_err(|e| format!("bad option: {e}"))?;
-    Ok(Request {
-        prompt,
-        media,
-        options,
-    })
+    Request::from_json_line(line, base, defaults)
 }
 
-/// Every request of a JSONL file (blank lines skipped); the first bad line is
-/// an error naming the file and line.
-pub fn read_requests(path: &Path, defaults: &GenerateOptions) -> Result<Vec<Request>> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+/// Longest JSONL line read (a request is a prompt and some paths).
+const MAX_LINE_BYTES: usize = 16 << 20;
+
+/// The numbered non-blank lines of a JSONL file, read as they are needed:
+/// each line is UTF-8 or an error naming it; the file must be a regular one
+/// (a FIFO or device could block or never end).
+pub struct Lines {
+    path: PathBuf,
+    reader: std::io::BufReader<std::fs::File>,
+    line: usize,
+}
+
+impl Lines {
+    pub fn open(path: &Path) -> Result<Lines> {
+        let meta =
+            std::fs::metadata(path).with_context(|| format!("reading {}", path.display()))?;
+        if !meta.is_file() {
+            bail!("{}: not a regular file", path.display());
+        }
+        let f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+        Ok(Lines {
+            path: path.to_path_buf(),
+            reader: std::io::BufReader::new(f),
+            line: 0,
+        })
+    }
+}
+
+impl Iterator for Lines {
+    /// (line number, its text or what is wrong with it)
+    type Item = Result<(usize, Result<String, String>)>;
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            let mut buf = Vec::new();
+            let n = match (&mut self.reader)
+                .take(MAX_LINE_BYTES as u64 + 1)
+                .read_until(b'\n', &mut buf)
+            {
+                Ok(n) => n,
+                Err(e) => {
+                    return Some(Err(anyhow::anyhow!("reading {}: {e}", self.path.display())))
+                }
+            };
+            if n == 0 {
+                return None;
+            }
+            self.line += 1;
+            if buf.len() > MAX_LINE_BYTES {
+                // the rest of an over-long line is skipped
+                let _ = self.reader.read_until(b'\n', &mut Vec::new());
+                return Some(Ok((
+                    self.line,
+                    Err(format!("longer than {MAX_LINE_BYTES} bytes")),
+                )));
+            }
+            let text = match String::from_utf8(buf) {
+                Ok(t) => t,
+                Err(e) => {
+                    return Some(Ok((
+                        self.line,
+                        Err(format!(
+                            "not UTF-8 text (at byte {})",
+                            e.utf8_error().valid_up_to()
+                        )),
+                    )))
+                }
+            };
+            if !text.trim().is_empty() {
+                return Some(Ok((self.line, Ok(text))));
+            }
+        }
+    }
+}
+
+/// The requests of a JSONL file (blank lines skipped), at most `limit`; the
+/// first bad line is an error naming the file and line.
+pub fn read_requests(
+    path: &Path,
+    defaults: &GenerateOptions,
+    limit: Option<usize>,
+) -> Result<Vec<Request>> {
     let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
     let mut reqs = Vec::new();
-    for (i, line) in text
-        .lines()
-        .enumerate()
-        .filter(|(_, l)| !l.trim().is_empty())
-    {
-        let r = parse_request(line, &base, defaults)
-            .map_err(|e| anyhow::anyhow!("{}:{}: {e}", path.display(), i + 1))?;
+    for item in Lines::open(path)? {
+        if limit.is_some_and(|n| reqs.len() >= n) {
+            break;
+        }
+        let (i, line) = item?;
+        let r = line
+            .and_then(|l| parse_request(&l, &base, defaults))
+            .map_err(|e| anyhow::anyhow!("{}:{i}: {e}", path.display()))?;
         reqs.push(r);
     }
     Ok(reqs)
 }
 
-fn run_batch(p: &mut Pipeline, path: &Path, defaults: &GenerateOptions, json: bool) -> Result<()> {
-    let f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+/// A JSONL batch, streamed: `chunk` requests at a time run as one batch and
+/// are printed in order before the next lines are read.
+fn run_batch(
+    p: &mut Pipeline,
+    path: &Path,
+    defaults: &GenerateOptions,
+    json: bool,
+    chunk: usize,
+) -> Result<()> {
     let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
-    let mut parsed = Vec::new();
-    for (i, line) in std::io::BufReader::new(f).lines().enumerate() {
-        let line = line.with_context(|| format!("reading {}", path.display()))?;
-        if line.trim().is_empty() {
-            continue;
+    let (mut failed, mut seen, mut first) = (0, 0, None);
+    let mut pending: Vec<(usize, Result<Request, String>)> = Vec::with_capacity(chunk);
+    let mut lines = Lines::open(path)?;
+    loop {
+        let next = lines.next().transpose()?;
+        if let Some((i, line)) = next.clone() {
+            pending.push((i, line.and_then(|l| parse_request(&l, &base, defaults))));
+            seen += 1;
         }
-        parsed.push((i + 1, parse_request(&line, &base, defaults)));
+        if pending.len() >= chunk || (next.is_none() && !pending.is_empty()) {
+            let (n, e) = flush(p, path, std::mem::take(&mut pending), json);
+            failed += n;
+            first = first.or(e);
+        }
+        if next.is_none() {
+            break;
+        }
     }
-    if parsed.is_empty() {
+    if seen == 0 {
         bail!("{}: no requests", path.display());
     }
+    if failed > 0 {
+        bail!(
+            "{failed} request(s) failed; the first: {}",
+            first.unwrap_or_default()
+        );
+    }
+    Ok(())
+}
+
+/// Runs the parsed lines as one batch and prints each result; the number
+/// of failures and the first failure's message.
+fn flush(
+    p: &mut Pipeline,
+    path: &Path,
+    parsed: Vec<(usize, Result<Request, String>)>,
+    json: bool,
+) -> (usize, Option<String>) {
     let valid: Vec<Request> = parsed
         .iter()
         .filter_map(|(_, r)| r.as_ref().ok().cloned())
         .collect();
     let mut results = p.generate_batch(&valid).into_iter();
-    let mut failed = 0;
+    let (mut failed, mut first) = (0, None);
     for (line, r) in parsed {
         let out = match r {
             Err(e) => Err(e),
@@ -243,27 +309,21 @@ fn run_batch(p: &mut Pipeline, path: &Path, defaults: &GenerateOptions, json: bo
                 .unwrap_or_else(|| Err(flamingo_runtime::Error::Input("missing result".into())))
                 .map_err(|e| e.to_string()),
         };
+        let out = out.map_err(|e| format!("{}:{line}: {e}", path.display()));
+        if let Err(e) = &out {
+            failed += 1;
+            first = first.or_else(|| Some(e.clone()));
+        }
         match (out, json) {
             (Ok(g), true) => println!("{}", to_json(&g)),
             (Ok(g), false) => println!(
                 "{line}: {}",
                 g.sequences.first().map(|s| s.text.as_str()).unwrap_or("")
             ),
-            (Err(e), true) => {
-                failed += 1;
-                println!(
-                    "{}",
-                    json!({"line": line, "error": format!("{}:{line}: {e}", path.display())})
-                )
-            }
-            (Err(e), false) => {
-                failed += 1;
-                println!("{line}: error: {}:{line}: {e}", path.display())
-            }
+            (Err(e), true) => println!("{}", json!({"line": line, "error": e})),
+            (Err(e), false) => println!("{line}: error: {e}"),
         }
     }
-    if failed > 0 {
-        bail!("{failed} request(s) failed");
-    }
-    Ok(())
+    let _ = std::io::stdout().flush();
+    (failed, first)
 }

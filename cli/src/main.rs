@@ -9,6 +9,7 @@ mod export;
 mod generate;
 mod gpu;
 mod inspect;
+mod load;
 mod media;
 mod plot;
 mod progress;
@@ -52,7 +53,24 @@ enum Command {
     Score(score::Args),
 }
 
+/// SIGINT, SIGTERM and SIGHUP remove the outputs still being written
+/// before the process ends (nothing half-written is left behind).
+fn clean_up_on_signals() {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let Ok(mut signals) = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP]) else {
+        return;
+    };
+    std::thread::spawn(move || {
+        if let Some(sig) = signals.forever().next() {
+            flamingo_export::output::remove_partials();
+            eprintln!("flamingo: interrupted (signal {sig}); partial outputs removed");
+            std::process::exit(128 + sig);
+        }
+    });
+}
+
 fn main() {
+    clean_up_on_signals();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Export(a) => export::run(a),

@@ -10,7 +10,9 @@ pub fn in_order(images: &[PathBuf], videos: &[String]) -> Vec<Media> {
     let mut images = images.iter();
     let mut videos = videos.iter();
     let mut out = Vec::new();
-    for arg in std::env::args() {
+    // args_os: a path need not be UTF-8
+    for arg in std::env::args_os() {
+        let arg = arg.to_string_lossy();
         let flag = arg.split('=').next().unwrap_or("");
         if flag == "--image" {
             if let Some(p) = images.next() {

@@ -64,26 +64,20 @@ pub fn request_bar(show: bool, total: usize, prefix: &str) -> ProgressBar {
 /// `samples`, generating `max_new_tokens` each; refuses an existing `out`
 /// without `force` before any work, and an empty file.
 pub fn calibration_requests(
+    input: &std::path::Path,
     out: &std::path::Path,
     force: bool,
     data: &std::path::Path,
     samples: Option<usize>,
     max_new_tokens: usize,
 ) -> anyhow::Result<Vec<flamingo_runtime::Request>> {
-    if out.exists() && !force {
-        anyhow::bail!(
-            "output {} already exists (pass --force to replace it)",
-            out.display()
-        );
-    }
+    // refused before any work
+    flamingo_export::output::check_replaceable(out, force, &[input, data])?;
     let defaults = flamingo_runtime::GenerateOptions {
         max_new_tokens,
         ..Default::default()
     };
-    let mut reqs = crate::generate::read_requests(data, &defaults)?;
-    if let Some(n) = samples {
-        reqs.truncate(n);
-    }
+    let reqs = crate::generate::read_requests(data, &defaults, samples)?;
     if reqs.is_empty() {
         anyhow::bail!("{}: no calibration requests", data.display());
     }

@@ -108,7 +108,8 @@ pub fn run(a: Args) -> Result<()> {
 
 /// The decoder's Hessians over the calibration requests, with a progress bar.
 fn observe(a: &Args, data: &std::path::Path) -> Result<flamingo_calibration::gptq::Hessians> {
-    let reqs = crate::progress::calibration_requests(&a.out, a.force, data, a.samples, 8)?;
+    let reqs =
+        crate::progress::calibration_requests(&a.input, &a.out, a.force, data, a.samples, 8)?;
     let bar = crate::progress::request_bar(
         !a.json && std::io::stderr().is_terminal(),
         reqs.len(),

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use anyhow::Result;
-use flamingo_runtime::{BackendKind, Pipeline};
+use flamingo_runtime::BackendKind;
 use serde_json::json;
 
 #[derive(clap::Args)]
@@ -28,10 +28,12 @@ pub struct Args {
     backend: BackendKind,
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    load: crate::load::LoadArgs,
 }
 
 pub fn run(a: Args) -> Result<()> {
-    let mut p = Pipeline::load(&a.model, a.backend)?;
+    let mut p = a.load.pipeline(&a.model, a.backend, &Default::default())?;
     let media = crate::media::in_order(&a.image, &a.video);
     let scores = p.score(&a.prompt, &media, &a.candidate)?;
     let best = scores

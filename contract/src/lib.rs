@@ -18,6 +18,7 @@ mod error;
 pub mod io;
 pub mod manifest;
 pub mod preprocess;
+pub mod tokenizer;
 
 pub use error::{Error, Result};
 pub use manifest::{
@@ -25,3 +26,54 @@ pub use manifest::{
     Requires, ResamplerInfo, SpecialTokens, TensorInfo, VisionActivation, VisionInfo,
 };
 pub use preprocess::PreprocessConfig;
+pub use tokenizer::check_tokenizer_json;
+
+/// The text of a small file (a config, a manifest, a tokenizer): refused
+/// unless it is a regular file (a FIFO or device could block or never end)
+/// of at most `max` bytes, and valid UTF-8.
+pub fn read_text(path: &std::path::Path, max: u64) -> Result<String> {
+    let io = |source| Error::Io {
+        path: path.display().to_string(),
+        source,
+    };
+    let bad = |message: String| Error::Invalid {
+        path: path.display().to_string(),
+        message,
+    };
+    let meta = std::fs::metadata(path).map_err(|e| {
+        // `FILE/name`: say which component is a file, not "Not a directory"
+        match path.parent() {
+            Some(dir) if e.raw_os_error() == Some(20) && dir.is_file() => Error::Invalid {
+                path: dir.display().to_string(),
+                message: format!(
+                    "a file, where a directory holding `{}` is meant",
+                    path.file_name().unwrap_or_default().to_string_lossy()
+                ),
+            },
+            _ => io(e),
+        }
+    })?;
+    if !meta.is_file() {
+        return Err(bad(if meta.is_dir() {
+            "a directory, not a file".into()
+        } else {
+            "not a regular file (a FIFO, socket or device)".into()
+        }));
+    }
+    if meta.len() > max {
+        return Err(bad(format!(
+            "{} bytes, more than the {max} a text file may have here",
+            meta.len()
+        )));
+    }
+    let bytes = std::fs::read(path).map_err(io)?;
+    String::from_utf8(bytes).map_err(|e| {
+        bad(format!(
+            "not UTF-8 text (at byte {})",
+            e.utf8_error().valid_up_to()
+        ))
+    })
+}
+
+/// The bound [`read_text`] is given for configs, manifests and tokenizers.
+pub const MAX_TEXT_BYTES: u64 = 256 << 20;

@@ -335,10 +335,13 @@ impl Manifest {
     /// Reads `dir/manifest.json`.
     pub fn load(dir: &Path) -> Result<Manifest> {
         let path = dir.join(FILE_NAME);
-        let text = std::fs::read_to_string(&path).map_err(|source| Error::Io {
-            path: path.display().to_string(),
-            source,
-        })?;
+        if dir.is_dir() && !path.exists() {
+            return Err(Error::Invalid {
+                path: dir.display().to_string(),
+                message: format!("no {FILE_NAME}: not a model written by `flamingo export`"),
+            });
+        }
+        let text = crate::read_text(&path, crate::MAX_TEXT_BYTES)?;
         Self::parse(&text, &path)
     }
 

@@ -9,7 +9,7 @@ use flamingo_contract::preprocess::{CLIP_MEAN, CLIP_STD};
 use flamingo_contract::PreprocessConfig;
 use flamingo_graphs::blocks::{Activation, ResamplerConfig, VisionConfig};
 
-use crate::error::{io_err, Error, Result};
+use crate::error::{Error, Result};
 use crate::store::TensorStore;
 
 /// Named open_clip vision towers (as OpenFlamingo loads them).
@@ -59,7 +59,7 @@ pub fn vision_preset(name: &str) -> Result<(VisionConfig, PreprocessConfig)> {
 
 /// Parses `open_clip_config.json`.
 pub fn read_open_clip_config(path: &Path) -> Result<(VisionConfig, PreprocessConfig)> {
-    let text = std::fs::read_to_string(path).map_err(io_err(path))?;
+    let text = crate::files::read_text(path)?;
     let bad = |m: String| Error::Config {
         path: path.display().to_string(),
         message: m,
@@ -251,6 +251,12 @@ pub fn check_vision(store: &TensorStore, cfg: &VisionConfig) -> Result<()> {
 /// `dim_head` at 64 (heads = inner / 64).
 pub fn resampler_config(store: &TensorStore) -> Result<ResamplerConfig> {
     let lat = shape_of(store, "perceiver.latents")?;
+    if lat.contains(&0) {
+        return Err(Error::Config {
+            path: "checkpoint".into(),
+            message: format!("`perceiver.latents` is {lat:?}: a resampler needs latents"),
+        });
+    }
     let [num_latents, dim] = lat[..] else {
         return Err(Error::Graph(flamingo_graphs::Error::ShapeMismatch {
             name: "perceiver.latents".into(),
@@ -294,4 +300,29 @@ pub fn resampler_config(store: &TensorStore) -> Result<ResamplerConfig> {
         max_num_frames: rows("perceiver.frame_embs")?,
         max_num_media: rows("perceiver.media_time_embs")?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::safetensors::{write_f32, Named};
+
+    #[test]
+    fn zero_latents_make_no_resampler() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("ck.safetensors");
+        write_f32(
+            &p,
+            &[Named {
+                name: "perceiver.latents",
+                shape: &[0, 64],
+                data: &[],
+            }],
+        )
+        .unwrap();
+        let mut store = TensorStore::new();
+        store.add_file(&p, "", |_| true).unwrap();
+        let e = resampler_config(&store).unwrap_err().to_string();
+        assert!(e.contains("[0, 64]") && e.contains("needs latents"), "{e}");
+    }
 }

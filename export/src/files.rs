@@ -64,6 +64,15 @@ fn in_dir(path: &Path, names: &[&str], exts: &[&str]) -> Result<PathBuf> {
     }
 }
 
+/// The text of a config, index or tokenizer file (see
+/// `flamingo_contract::read_text`).
+pub fn read_text(path: &Path) -> Result<String> {
+    flamingo_contract::read_text(path, flamingo_contract::MAX_TEXT_BYTES).map_err(|e| match e {
+        flamingo_contract::Error::Io { path, source } => Error::Io { path, source },
+        flamingo_contract::Error::Invalid { path, message } => Error::Config { path, message },
+    })
+}
+
 /// Whether `path` is a TorchScript archive (`torch.jit.save`: code beside
 /// the data; nothing of it is run here).
 pub fn is_torchscript(path: &Path) -> Result<bool> {

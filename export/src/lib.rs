@@ -25,7 +25,7 @@
 //!     out: "exported".into(),
 //!     force: false,
 //!     release: Some("openflamingo-3b-vitl-mpt1b".into()),
-//!     rewrite: None,
+//!     ..Default::default()
 //! };
 //! let manifest = export(&opts, &mut NoProgress)?;
 //! println!("{}", manifest.graphs.len());

@@ -42,7 +42,7 @@ impl LmConfig {
     /// Reads `dir/config.json`; its `model_type` picks the family.
     pub fn load(dir: &Path) -> Result<LmConfig> {
         let path = dir.join("config.json");
-        let text = std::fs::read_to_string(&path).map_err(io_err(&path))?;
+        let text = crate::files::read_text(&path)?;
         Self::parse(&text, &path.display().to_string())
     }
 
@@ -145,17 +145,36 @@ pub fn weight_files(dir: &Path) -> Result<WeightFiles> {
 
 /// A shard index: `{"weight_map": {tensor: file}}`, every file beside it.
 fn read_index(dir: &Path, index: &Path) -> Result<WeightFiles> {
+    let text = crate::files::read_text(index)?;
+    let by_file = parse_index(&text, dir, index)?;
+    for f in by_file.keys() {
+        if !f.is_file() {
+            return Err(Error::Config {
+                path: index.display().to_string(),
+                message: format!("names {}, which does not exist", f.display()),
+            });
+        }
+    }
+    Ok(WeightFiles {
+        files: by_file.keys().cloned().collect(),
+        index: Some((index.to_path_buf(), by_file)),
+    })
+}
+
+/// The shard index `text` (at `index`, in `dir`): each shard file and the
+/// tensors it holds; a file that is not a plain name beside the index is an
+/// error.
+pub fn parse_index(text: &str, dir: &Path, index: &Path) -> Result<BTreeMap<PathBuf, Vec<String>>> {
     let bad = |message: String| Error::Config {
         path: index.display().to_string(),
         message,
     };
-    let text = std::fs::read_to_string(index).map_err(io_err(index))?;
     #[derive(Deserialize)]
     struct Index {
         weight_map: BTreeMap<String, String>,
     }
     let idx: Index =
-        serde_json::from_str(&text).map_err(|e| bad(format!("not a shard index: {e}")))?;
+        serde_json::from_str(text).map_err(|e| bad(format!("not a shard index: {e}")))?;
     let mut by_file: BTreeMap<PathBuf, Vec<String>> = BTreeMap::new();
     for (tensor, file) in idx.weight_map {
         let p = Path::new(&file);
@@ -171,15 +190,7 @@ fn read_index(dir: &Path, index: &Path) -> Result<WeightFiles> {
     if by_file.is_empty() {
         return Err(bad("the `weight_map` is empty".into()));
     }
-    for f in by_file.keys() {
-        if !f.is_file() {
-            return Err(bad(format!("names {}, which does not exist", f.display())));
-        }
-    }
-    Ok(WeightFiles {
-        files: by_file.keys().cloned().collect(),
-        index: Some((index.to_path_buf(), by_file)),
-    })
+    Ok(by_file)
 }
 
 #[cfg(test)]

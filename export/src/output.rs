@@ -2,8 +2,13 @@
 //! temporary sibling (`.NAME.partial-PID`, same filesystem) that is renamed
 //! into place only once complete. A guard that is dropped without
 //! [`OutputDir::commit`] removes its temporary, so a failed run leaves
-//! nothing; leftovers of interrupted runs (their process gone) are removed
+//! nothing; [`remove_partials`] removes the live ones when a signal ends the
+//! process, and leftovers of killed runs (their process gone) are removed
 //! when the next one starts. Used by every command that writes an export.
+//!
+//! An existing output is replaced only with `force`, only when it is an
+//! export this tool wrote (its `manifest.json` says `flamingo` produced it),
+//! and never when it holds, or lies inside, one of the run's inputs.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -22,15 +27,41 @@ pub struct OutputDir {
     done: bool,
 }
 
-impl OutputDir {
-    /// Starts writing `out`: refused if it exists and not `force`.
-    pub fn create(out: &Path, force: bool) -> Result<OutputDir> {
-        if out.exists() && !force {
-            return Err(Error::OutputExists {
-                path: out.display().to_string(),
-            });
+/// The temporary directories being written by this process.
+static LIVE: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
+
+/// Marks `dir` as this process's work in progress: [`remove_partials`]
+/// removes it (scratch copies, such as calibration's instrumented graphs).
+pub fn track_partial(dir: &Path) {
+    if let Ok(mut live) = LIVE.lock() {
+        live.push(dir.to_path_buf());
+    }
+}
+
+/// Forgets a directory [`track_partial`] marked (it is removed or kept).
+pub fn untrack_partial(dir: &Path) {
+    forget(dir);
+}
+
+/// Removes every output directory this process is still writing (a signal
+/// handler calls it before exiting).
+pub fn remove_partials() {
+    if let Ok(live) = LIVE.lock() {
+        for p in live.iter() {
+            let _ = fs::remove_dir_all(p);
         }
+    }
+}
+
+impl OutputDir {
+    /// Starts writing `out`, whose run reads `inputs`: see the module docs
+    /// for when an existing `out` may be replaced.
+    pub fn create(out: &Path, force: bool, inputs: &[&Path]) -> Result<OutputDir> {
+        check_replaceable(out, force, inputs)?;
         let tmp = temp_dir_for(out)?;
+        if let Ok(mut live) = LIVE.lock() {
+            live.push(tmp.clone());
+        }
         Ok(OutputDir {
             out: out.to_path_buf(),
             tmp,
@@ -47,6 +78,7 @@ impl OutputDir {
     /// only now that the new one is complete.
     pub fn commit(mut self) -> Result<()> {
         self.done = true;
+        forget(&self.tmp);
         let (tmp, out) = (&self.tmp, &self.out);
         if out.exists() {
             let old = tmp.with_extension("old");
@@ -64,8 +96,76 @@ impl Drop for OutputDir {
     fn drop(&mut self) {
         if !self.done {
             let _ = fs::remove_dir_all(&self.tmp);
+            forget(&self.tmp);
         }
     }
+}
+
+fn forget(tmp: &Path) {
+    if let Ok(mut live) = LIVE.lock() {
+        live.retain(|p| p != tmp);
+    }
+}
+
+/// Whether `dir` is an export (or calibration output) this tool wrote.
+fn written_by_us(dir: &Path) -> bool {
+    let Ok(text) = fs::read_to_string(dir.join(flamingo_contract::manifest::FILE_NAME)) else {
+        return false;
+    };
+    serde_json::from_str::<serde_json::Value>(&text)
+        .ok()
+        .and_then(|m| {
+            m.get("producer")?
+                .as_str()
+                .map(|p| p.starts_with("flamingo "))
+        })
+        .unwrap_or(false)
+}
+
+/// Refuses to replace `out` unless it may be (see the module docs).
+pub fn check_replaceable(out: &Path, force: bool, inputs: &[&Path]) -> Result<()> {
+    let meta = match fs::symlink_metadata(out) {
+        Err(_) => return Ok(()),
+        Ok(m) => m,
+    };
+    let refuse = |why: String| Error::Config {
+        path: out.display().to_string(),
+        message: format!("refusing to replace it: {why}"),
+    };
+    if !force {
+        return Err(Error::OutputExists {
+            path: out.display().to_string(),
+        });
+    }
+    if !meta.is_dir() {
+        return Err(refuse(
+            "it is not a directory (a file, link or device); remove it yourself".into(),
+        ));
+    }
+    let canon = |p: &Path| fs::canonicalize(p).ok();
+    let o = canon(out).ok_or_else(|| refuse("it cannot be resolved".into()))?;
+    for input in inputs {
+        let Some(i) = canon(input) else { continue };
+        if i.starts_with(&o) {
+            return Err(refuse(format!(
+                "it holds an input of this run ({})",
+                input.display()
+            )));
+        }
+        if o.starts_with(&i) {
+            return Err(refuse(format!(
+                "it lies inside an input of this run ({})",
+                input.display()
+            )));
+        }
+    }
+    if !written_by_us(out) {
+        return Err(refuse(
+            "it is not an export written by flamingo (no manifest.json of ours); remove it yourself if it should go"
+                .into(),
+        ));
+    }
+    Ok(())
 }
 
 /// A fresh temporary directory beside `out` (same filesystem, so rename works).
@@ -152,14 +252,41 @@ mod tests {
         let root = tempfile::tempdir().unwrap();
         let out = root.path().join("model");
         {
-            let o = OutputDir::create(&out, false).unwrap();
+            let o = OutputDir::create(&out, false, &[]).unwrap();
             fs::write(o.path().join("a"), "new").unwrap();
         }
         assert_eq!(fs::read_dir(root.path()).unwrap().count(), 0);
         fs::create_dir(&out).unwrap();
         fs::write(out.join("old"), "old").unwrap();
-        assert!(OutputDir::create(&out, false).is_err(), "exists, no force");
-        let o = OutputDir::create(&out, true).unwrap();
+        assert!(
+            OutputDir::create(&out, false, &[]).is_err(),
+            "exists, no force"
+        );
+        // not ours: refused even with force, and left alone
+        let e = OutputDir::create(&out, true, &[])
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("not an export written by flamingo"), "{e}");
+        assert!(out.join("old").exists());
+        fs::write(
+            out.join("manifest.json"),
+            r#"{"producer": "flamingo 0.1.0"}"#,
+        )
+        .unwrap();
+        // an input inside it, or it inside an input: refused
+        let input = out.join("old");
+        let e = OutputDir::create(&out, true, &[&input])
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("holds an input"), "{e}");
+        let e = OutputDir::create(&out, true, &[root.path()])
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("inside an input"), "{e}");
+        let o = OutputDir::create(&out, true, &[]).unwrap();
         fs::write(o.path().join("a"), "new").unwrap();
         o.commit().unwrap();
         assert!(out.join("a").exists() && !out.join("old").exists());

@@ -118,6 +118,26 @@ pub fn storage_elem_size(storage: &str) -> u64 {
     }
 }
 
+/// Bounds on what a pickle may build (`flamingo export --max-pickle-depth`,
+/// `--max-pickle-objects`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PickleLimits {
+    /// Containers nested in containers (a state dict needs a handful; a
+    /// TorchScript module tree a few dozen).
+    pub max_depth: u32,
+    /// Opcodes run, so values built.
+    pub max_objects: u64,
+}
+
+impl Default for PickleLimits {
+    fn default() -> Self {
+        PickleLimits {
+            max_depth: 1000,
+            max_objects: 50_000_000,
+        }
+    }
+}
+
 struct Vm<'a> {
     path: &'a Path,
     b: &'a [u8],
@@ -125,10 +145,19 @@ struct Vm<'a> {
     stack: Vec<Val>,
     marks: Vec<usize>,
     memo: HashMap<u32, Val>,
+    limits: PickleLimits,
+    ops: u64,
+    /// Nesting depth of each container built, by address.
+    depth: HashMap<usize, u32>,
 }
 
 /// Unpickles `data` (the `data.pkl` of a torch zip at `path`).
 pub fn load(path: &Path, data: &[u8]) -> Result<Val> {
+    load_with(path, data, &PickleLimits::default())
+}
+
+/// [`load`] within `limits`.
+pub fn load_with(path: &Path, data: &[u8], limits: &PickleLimits) -> Result<Val> {
     let mut vm = Vm {
         path,
         b: data,
@@ -136,11 +165,93 @@ pub fn load(path: &Path, data: &[u8]) -> Result<Val> {
         stack: Vec::new(),
         marks: Vec::new(),
         memo: HashMap::new(),
+        limits: *limits,
+        ops: 0,
+        depth: HashMap::new(),
     };
     vm.run()
 }
 
+/// The address of a container value (its nesting depth's key).
+fn addr(v: &Val) -> Option<usize> {
+    match v {
+        Val::Tuple(t) => Some(Rc::as_ptr(t) as *const () as usize),
+        Val::List(l) => Some(Rc::as_ptr(l) as *const () as usize),
+        Val::Dict(d) => Some(Rc::as_ptr(d) as *const () as usize),
+        Val::Object { attrs, .. } => Some(Rc::as_ptr(attrs) as *const () as usize),
+        _ => None,
+    }
+}
+
+impl Drop for Val {
+    /// Without recursion: a pickle may nest containers far deeper than the
+    /// stack could unwind.
+    fn drop(&mut self) {
+        fn take(v: &mut Val, out: &mut Vec<Val>) {
+            match v {
+                Val::Tuple(t) => {
+                    if let Some(items) = Rc::get_mut(t) {
+                        out.append(items);
+                    }
+                }
+                Val::List(l) => {
+                    if let Some(items) = Rc::get_mut(l) {
+                        out.append(items.get_mut());
+                    }
+                }
+                Val::Dict(d) | Val::Object { attrs: d, .. } => {
+                    if let Some(items) = Rc::get_mut(d) {
+                        for (k, v) in items.get_mut().drain(..) {
+                            out.push(k);
+                            out.push(v);
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        let mut stack = Vec::new();
+        take(self, &mut stack);
+        while let Some(mut v) = stack.pop() {
+            take(&mut v, &mut stack);
+        }
+    }
+}
+
 impl<'a> Vm<'a> {
+    fn depth_of(&self, v: &Val) -> u32 {
+        addr(v)
+            .and_then(|a| self.depth.get(&a).copied())
+            .unwrap_or(0)
+    }
+
+    /// Records that `parent` holds values as deep as `child`; refuses
+    /// nesting past the limit.
+    fn nest(&mut self, parent: &Val, child: u32) -> Result<()> {
+        let Some(a) = addr(parent) else {
+            return Ok(());
+        };
+        let d = child.saturating_add(1);
+        if d > self.limits.max_depth {
+            return Err(self.err(format!(
+                "containers nested deeper than --max-pickle-depth {}",
+                self.limits.max_depth
+            )));
+        }
+        let e = self.depth.entry(a).or_insert(0);
+        *e = (*e).max(d);
+        Ok(())
+    }
+
+    /// [`Self::nest`] for every value in `items`.
+    fn nest_all(&mut self, parent: &Val, items: &[Val]) -> Result<()> {
+        let child = items.iter().map(|v| self.depth_of(v)).max().unwrap_or(0);
+        if !items.is_empty() {
+            self.nest(parent, child)?;
+        }
+        Ok(())
+    }
+
     fn err(&self, m: impl std::fmt::Display) -> Error {
         corrupt(self.path, format!("pickle at byte {}: {m}", self.pos))
     }
@@ -218,6 +329,13 @@ impl<'a> Vm<'a> {
     fn run(&mut self) -> Result<Val> {
         loop {
             let op = self.u8()?;
+            self.ops += 1;
+            if self.ops > self.limits.max_objects {
+                return Err(self.err(format!(
+                    "more than --max-pickle-objects {} values",
+                    self.limits.max_objects
+                )));
+            }
             match op {
                 0x80 => {
                     self.u8()?;
@@ -232,7 +350,12 @@ impl<'a> Vm<'a> {
                 b'(' => self.marks.push(self.stack.len()),
                 b't' => {
                     let items = self.pop_mark()?;
-                    self.stack.push(Val::Tuple(Rc::new(items)));
+                    let child = items.iter().map(|v| self.depth_of(v)).max();
+                    let t = Val::Tuple(Rc::new(items));
+                    if let Some(c) = child {
+                        self.nest(&t, c)?;
+                    }
+                    self.stack.push(t);
                 }
                 0x85..=0x87 => {
                     let n = (op - 0x84) as usize;
@@ -241,16 +364,31 @@ impl<'a> Vm<'a> {
                         items.push(self.pop()?);
                     }
                     items.reverse();
-                    self.stack.push(Val::Tuple(Rc::new(items)));
+                    let child = items.iter().map(|v| self.depth_of(v)).max();
+                    let t = Val::Tuple(Rc::new(items));
+                    if let Some(c) = child {
+                        self.nest(&t, c)?;
+                    }
+                    self.stack.push(t);
                 }
                 b'l' => {
                     let items = self.pop_mark()?;
-                    self.stack.push(Val::List(Rc::new(RefCell::new(items))));
+                    let child = items.iter().map(|v| self.depth_of(v)).max();
+                    let l = Val::List(Rc::new(RefCell::new(items)));
+                    if let Some(c) = child {
+                        self.nest(&l, c)?;
+                    }
+                    self.stack.push(l);
                 }
                 b'd' => {
                     let items = self.pop_mark()?;
+                    let child = items.iter().map(|v| self.depth_of(v)).max();
                     let pairs = pairs(items).ok_or_else(|| self.err("odd DICT items"))?;
-                    self.stack.push(Val::Dict(Rc::new(RefCell::new(pairs))));
+                    let d = Val::Dict(Rc::new(RefCell::new(pairs)));
+                    if let Some(c) = child {
+                        self.nest(&d, c)?;
+                    }
+                    self.stack.push(d);
                 }
                 b'q' => {
                     let k = self.u8()? as u32;
@@ -347,9 +485,9 @@ impl<'a> Vm<'a> {
                 0x93 => {
                     let name = self.pop()?;
                     let module = self.pop()?;
-                    match (module, name) {
+                    match (&module, &name) {
                         (Val::Str(m), Val::Str(n)) => {
-                            let g = self.global(&m, &n)?;
+                            let g = self.global(m, n)?;
                             self.stack.push(g);
                         }
                         _ => return Err(self.err("STACK_GLOBAL needs two strings")),
@@ -369,9 +507,9 @@ impl<'a> Vm<'a> {
                 0x81 => {
                     // NEWOBJ: `cls.__new__(cls, *args)`, TorchScript classes only
                     let _args = self.pop()?;
-                    match self.pop()? {
+                    match &self.pop()? {
                         Val::Global(Global::TorchClass(class)) => self.stack.push(Val::Object {
-                            class,
+                            class: class.clone(),
                             attrs: Default::default(),
                         }),
                         _ => {
@@ -385,7 +523,10 @@ impl<'a> Vm<'a> {
                     // BUILD: a TorchScript object's attributes; the state of
                     // an OrderedDict (its `_metadata`) is ignored
                     let state = self.pop()?;
-                    match (self.top()?, state) {
+                    let child = self.depth_of(&state);
+                    let top = self.top()?.clone();
+                    self.nest(&top, child)?;
+                    match (self.top()?, &state) {
                         (Val::Object { attrs, .. }, Val::Dict(d)) => {
                             attrs.borrow_mut().extend(d.borrow().iter().cloned())
                         }
@@ -396,6 +537,9 @@ impl<'a> Vm<'a> {
                 b's' => {
                     let v = self.pop()?;
                     let k = self.pop()?;
+                    let child = self.depth_of(&v).max(self.depth_of(&k));
+                    let top = self.top()?.clone();
+                    self.nest(&top, child)?;
                     match self.top()? {
                         Val::Dict(d) => d.borrow_mut().push((k, v)),
                         _ => return Err(self.err("SETITEM on a non-dict")),
@@ -403,6 +547,8 @@ impl<'a> Vm<'a> {
                 }
                 b'u' => {
                     let items = self.pop_mark()?;
+                    let top = self.top()?.clone();
+                    self.nest_all(&top, &items)?;
                     let p = pairs(items).ok_or_else(|| self.err("odd SETITEMS items"))?;
                     match self.top()? {
                         Val::Dict(d) => d.borrow_mut().extend(p),
@@ -411,6 +557,9 @@ impl<'a> Vm<'a> {
                 }
                 b'a' => {
                     let v = self.pop()?;
+                    let child = self.depth_of(&v);
+                    let top = self.top()?.clone();
+                    self.nest(&top, child)?;
                     match self.top()? {
                         Val::List(l) => l.borrow_mut().push(v),
                         _ => return Err(self.err("APPEND on a non-list")),
@@ -418,6 +567,8 @@ impl<'a> Vm<'a> {
                 }
                 b'e' => {
                     let items = self.pop_mark()?;
+                    let top = self.top()?.clone();
+                    self.nest_all(&top, &items)?;
                     match self.top()? {
                         Val::List(l) => l.borrow_mut().extend(items),
                         _ => return Err(self.err("APPENDS on a non-list")),
@@ -443,7 +594,7 @@ impl<'a> Vm<'a> {
     }
 
     fn persistent(&self, pid: Val) -> Result<Val> {
-        let Val::Tuple(t) = pid else {
+        let Val::Tuple(t) = &pid else {
             return Err(self.err("persistent id is not a tuple"));
         };
         match &t[..] {
@@ -461,10 +612,10 @@ impl<'a> Vm<'a> {
     }
 
     fn reduce(&self, f: Val, args: Val) -> Result<Val> {
-        let Val::Tuple(args) = args else {
+        let Val::Tuple(args) = &args else {
             return Err(self.err("REDUCE arguments are not a tuple"));
         };
-        match f {
+        match &f {
             Val::Global(Global::OrderedDict) => Ok(Val::Dict(Default::default())),
             Val::Global(Global::RebuildTensorV2) => match &args[..] {
                 [Val::Storage {
@@ -544,10 +695,11 @@ mod tests {
     fn torchscript_objects_are_attribute_holders_and_nothing_runs() {
         // __torch__.m.M() with state {"w": 1}: NEWOBJ then BUILD
         let p = b"\x80\x02c__torch__.m\nM\nq\x00)\x81}q\x01(X\x01\x00\x00\x00wK\x01ub.";
-        let Val::Object { class, attrs } = load(Path::new("m.pt"), p).unwrap() else {
+        let v = load(Path::new("m.pt"), p).unwrap();
+        let Val::Object { class, attrs } = &v else {
             panic!("not an object")
         };
-        assert_eq!(&*class, "__torch__.m.M");
+        assert_eq!(&**class, "__torch__.m.M");
         assert!(matches!(&attrs.borrow()[0], (Val::Str(k), Val::Int(1)) if k == "w"));
         // calling a class (REDUCE) is refused; so is builtins.eval
         let call = b"\x80\x02c__torch__.m\nM\n)R.";
@@ -572,12 +724,39 @@ mod tests {
     fn ordered_dicts_of_ints_round_trip() {
         // collections.OrderedDict([("a", 1), ("b", 300)]) at protocol 2, as torch writes dicts
         let p = b"\x80\x02ccollections\nOrderedDict\nq\x00)Rq\x01(X\x01\x00\x00\x00aq\x02K\x01X\x01\x00\x00\x00bq\x03M,\x01u.";
-        let Val::Dict(d) = load(Path::new("x"), p).unwrap() else {
+        let v = load(Path::new("x"), p).unwrap();
+        let Val::Dict(d) = &v else {
             panic!("not a dict")
         };
         let d = d.borrow();
         assert_eq!(d.len(), 2);
         assert!(matches!((&d[1].0, &d[1].1), (Val::Str(k), Val::Int(300)) if k == "b"));
+    }
+
+    #[test]
+    fn deep_nesting_is_refused_and_drops_without_recursion() {
+        // 200k nested lists: `]` x n then APPEND x (n - 1)
+        let n = 200_000;
+        let mut p = b"\x80\x02".to_vec();
+        p.extend(std::iter::repeat_n(b']', n));
+        p.extend(std::iter::repeat_n(b'a', n - 1));
+        p.push(b'.');
+        let err = load(Path::new("deep.pt"), &p).unwrap_err().to_string();
+        assert!(err.contains("--max-pickle-depth"), "{err}");
+        // allowed deeper, it loads and drops without overflowing the stack
+        let deep = PickleLimits {
+            max_depth: u32::MAX,
+            ..Default::default()
+        };
+        drop(load_with(Path::new("deep.pt"), &p, &deep).unwrap());
+        let few = PickleLimits {
+            max_objects: 10,
+            ..Default::default()
+        };
+        let err = load_with(Path::new("many.pt"), &p, &few)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("--max-pickle-objects"), "{err}");
     }
 
     #[test]

@@ -33,7 +33,7 @@ pub fn read(file: Arc<Mapped>) -> Result<FileTensors> {
                         .map(u64::from_le_bytes)
                         .unwrap_or(0);
                     format!(
-                        "safetensors header claims {n} bytes; the file has {} (truncated?)",
+                        "neither a torch zip archive nor a safetensors file (read as safetensors, its header claims {n} bytes; the file has {})",
                         b.len()
                     )
                 }
@@ -47,6 +47,13 @@ pub fn read(file: Arc<Mapped>) -> Result<FileTensors> {
             },
         )
     })?;
+    // serde keeps the last of a repeated key: find repeats in the raw header
+    if let Some(name) = repeated_key(&b[8..8 + n]) {
+        return Err(corrupt(
+            &path,
+            format!("tensor `{name}` appears twice in the safetensors header"),
+        ));
+    }
     let data_start = 8 + n;
     let mut out = Vec::new();
     let mut skipped = Vec::new();
@@ -79,6 +86,34 @@ pub fn read(file: Arc<Mapped>) -> Result<FileTensors> {
         tensors: out,
         skipped,
     })
+}
+
+/// The first top-level key of the JSON object `header` that appears twice.
+fn repeated_key(header: &[u8]) -> Option<String> {
+    struct Keys(Option<String>);
+    impl<'de> serde::de::Visitor<'de> for &mut Keys {
+        type Value = ();
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a JSON object")
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(
+            self,
+            mut map: A,
+        ) -> std::result::Result<(), A::Error> {
+            let mut seen = std::collections::HashSet::new();
+            while let Some(k) = map.next_key::<String>()? {
+                map.next_value::<serde::de::IgnoredAny>()?;
+                if !seen.insert(k.clone()) && self.0.is_none() {
+                    self.0 = Some(k);
+                }
+            }
+            Ok(())
+        }
+    }
+    let mut keys = Keys(None);
+    let mut de = serde_json::Deserializer::from_slice(header);
+    serde::Deserializer::deserialize_map(&mut de, &mut keys).ok()?;
+    keys.0
 }
 
 /// One tensor to write: name, shape, values (row-major).
@@ -131,4 +166,45 @@ pub fn write_f32(path: &Path, tensors: &[Named]) -> Result<()> {
         });
     }
     std::fs::rename(&tmp, path).map_err(io_err(path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(header: &str, data: usize) -> Arc<Mapped> {
+        let mut b = (header.len() as u64).to_le_bytes().to_vec();
+        b.extend_from_slice(header.as_bytes());
+        b.resize(b.len() + data, 0);
+        Mapped::from_bytes(Path::new("m.safetensors"), b)
+    }
+
+    fn err(header: &str, data: usize) -> String {
+        match read(file(header, data)) {
+            Ok(_) => panic!("{header} was accepted"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn repeated_overlapping_or_gapped_entries_are_rejected() {
+        let ok = r#"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[2],"data_offsets":[8,16]}}"#;
+        assert_eq!(read(file(ok, 16)).unwrap().tensors.len(), 2);
+        // the same key twice, even with the same offsets
+        let dup = r#"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}"#;
+        let e = err(dup, 8);
+        assert!(
+            e.contains("`a` appears twice") && e.contains("m.safetensors"),
+            "{e}"
+        );
+        let overlap = r#"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}}"#;
+        let e = err(overlap, 12);
+        assert!(e.contains("overlap"), "{e}");
+        let gap = r#"{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"b":{"dtype":"F32","shape":[1],"data_offsets":[8,12]}}"#;
+        let e = err(gap, 12);
+        assert!(e.contains("overlap or leave a gap"), "{e}");
+        let outside = r#"{"a":{"dtype":"F32","shape":[4],"data_offsets":[0,16]}}"#;
+        let e = err(outside, 8);
+        assert!(e.contains("truncated"), "{e}");
+    }
 }

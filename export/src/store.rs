@@ -38,7 +38,16 @@ impl std::ops::Deref for Bytes {
 }
 
 impl Mapped {
+    /// Maps a regular file (a FIFO, socket or device is refused before it
+    /// is opened: reading one could block or never end).
     pub fn open(path: &Path) -> Result<Arc<Mapped>> {
+        let meta = std::fs::metadata(path).map_err(io_err(path))?;
+        if !meta.is_file() {
+            return Err(Error::Config {
+                path: path.display().to_string(),
+                message: format!("not a regular file ({})", file_kind(&meta)),
+            });
+        }
         let f = File::open(path).map_err(io_err(path))?;
         let len = f.metadata().map_err(io_err(path))?.len();
         if len == 0 {
@@ -52,6 +61,33 @@ impl Mapped {
             map: Bytes::Map(map),
         }))
     }
+
+    /// Bytes held in memory, named `path` in errors (fuzzing, tests).
+    pub fn from_bytes(path: &Path, bytes: Vec<u8>) -> Arc<Mapped> {
+        Arc::new(Mapped {
+            path: path.to_path_buf(),
+            map: Bytes::Owned(bytes),
+        })
+    }
+}
+
+/// What a non-regular file is, for messages.
+pub fn file_kind(meta: &std::fs::Metadata) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    let t = meta.file_type();
+    if t.is_dir() {
+        "a directory"
+    } else if t.is_fifo() {
+        "a FIFO"
+    } else if t.is_socket() {
+        "a socket"
+    } else if t.is_char_device() {
+        "a character device"
+    } else if t.is_block_device() {
+        "a block device"
+    } else {
+        "not a file"
+    }
 }
 
 /// One stored tensor: which file, where, and how.
@@ -64,7 +100,8 @@ pub struct Entry {
 }
 
 impl Entry {
-    fn bytes(&self) -> &[u8] {
+    /// The tensor's stored bytes (in range: the readers check it).
+    pub fn bytes(&self) -> &[u8] {
         &self.file.map[self.range.clone()]
     }
 }
@@ -77,6 +114,8 @@ pub struct TensorStore {
     /// skipped: name -> dtype.
     skipped: BTreeMap<String, String>,
     files: Vec<String>,
+    /// Bounds on the pickles read.
+    pub pickle_limits: pickle::PickleLimits,
 }
 
 /// What a checkpoint file holds: its tensors, and those skipped for their
@@ -98,7 +137,7 @@ impl TensorStore {
         prefix: &str,
         keep: impl Fn(&str) -> bool,
     ) -> Result<usize> {
-        let read = read_file(path)?;
+        let read = read_mapped(Mapped::open(path)?, &self.pickle_limits)?;
         let mut n = 0;
         for (name, e) in read.tensors {
             if keep(&name) {
@@ -126,7 +165,7 @@ impl TensorStore {
         index: &Path,
         expected: &[&str],
     ) -> Result<usize> {
-        let read = read_file(path)?;
+        let read = read_mapped(Mapped::open(path)?, &self.pickle_limits)?;
         for name in expected {
             let has = read.tensors.iter().any(|(n, _)| n == name)
                 || read.skipped.iter().any(|(n, _)| n == name);
@@ -143,6 +182,16 @@ impl TensorStore {
         let mut n = 0;
         for (name, e) in read.tensors {
             let full = format!("{prefix}{name}");
+            if let Some(other) = self.entries.get(&full) {
+                return Err(Error::Config {
+                    path: index.display().to_string(),
+                    message: format!(
+                        "tensor `{name}` is in two shards, {} and {}",
+                        other.file.path.display(),
+                        path.display()
+                    ),
+                });
+            }
             self.skipped.remove(&full);
             self.entries.insert(full, e);
             n += 1;
@@ -243,9 +292,13 @@ pub fn to_f32_bytes(dtype: DType, b: &[u8]) -> Vec<u8> {
 /// Reads the tensor table of a `.safetensors` file or a torch zip (`.pt`,
 /// `.bin`, TorchScript archives).
 pub fn read_file(path: &Path) -> Result<FileTensors> {
-    let file = Mapped::open(path)?;
+    read_mapped(Mapped::open(path)?, &pickle::PickleLimits::default())
+}
+
+/// [`read_file`] of bytes already mapped (or in memory), pickles within `limits`.
+pub fn read_mapped(file: Arc<Mapped>, limits: &pickle::PickleLimits) -> Result<FileTensors> {
     if file.map.starts_with(b"PK") {
-        read_torch(file)
+        read_torch(file, limits)
     } else {
         safetensors::read(file)
     }
@@ -270,7 +323,10 @@ impl TorchArchive<'_> {
     fn get(&mut self, name: &str) -> Result<Option<(Arc<Mapped>, std::ops::Range<usize>)>> {
         Ok(match self.zip.entries.get(name).cloned() {
             None => None,
-            Some(zip::Data::Stored(r)) => Some((self.file.clone(), r)),
+            Some(zip::Data::Stored(..)) => self
+                .zip
+                .stored(name, &self.file.map)?
+                .map(|r| (self.file.clone(), r)),
             Some(zip::Data::Deflated { .. }) => {
                 let m = match self.inflated.get(name) {
                     Some(m) => m.clone(),
@@ -290,7 +346,7 @@ impl TorchArchive<'_> {
     }
 }
 
-fn read_torch(file: Arc<Mapped>) -> Result<FileTensors> {
+fn read_torch(file: Arc<Mapped>, limits: &pickle::PickleLimits) -> Result<FileTensors> {
     let path = file.path.clone();
     let mut archive = TorchArchive {
         file: &file,
@@ -313,7 +369,7 @@ fn read_torch(file: Arc<Mapped>) -> Result<FileTensors> {
     let (pf, pr) = archive
         .get(&pkl)?
         .ok_or_else(|| corrupt(&path, "no data.pkl"))?;
-    let root = pickle::load(&path, &pf.map[pr])?;
+    let root = pickle::load_with(&path, &pf.map[pr], limits)?;
     let named = state_dict(&path, &root)?;
     let mut out = Vec::new();
     let mut skipped = Vec::new();
@@ -391,9 +447,13 @@ fn state_dict(path: &Path, root: &pickle::Val) -> Result<Vec<(String, Rc<pickle:
                 Some(i) => i.borrow().clone(),
                 None => d.clone(),
             };
-            for (k, v) in items {
+            let mut seen = std::collections::HashSet::new();
+            for (k, v) in &items {
                 if let (pickle::Val::Str(name), pickle::Val::Tensor(t)) = (k, v) {
-                    out.push((name, t));
+                    if !seen.insert(name.clone()) {
+                        return Err(corrupt(path, format!("tensor `{name}` appears twice")));
+                    }
+                    out.push((name.clone(), t.clone()));
                 }
             }
         }
@@ -434,7 +494,12 @@ fn flatten(
             format!("{prefix}.{k}")
         };
         match v {
-            pickle::Val::Tensor(t) => out.push((name, t.clone())),
+            pickle::Val::Tensor(t) => {
+                if out.iter().any(|(n, _)| *n == name) {
+                    return Err(corrupt(path, format!("tensor `{name}` appears twice")));
+                }
+                out.push((name, t.clone()))
+            }
             pickle::Val::Object { .. } => flatten(path, v, &name, depth + 1, out)?,
             _ => {}
         }

@@ -12,7 +12,7 @@ use tokenizers::{AddedToken, Tokenizer};
 use flamingo_contract::manifest::{END_OF_CHUNK_TOKEN, MEDIA_TOKEN, PAD_TOKEN};
 use flamingo_contract::SpecialTokens;
 
-use crate::error::{io_err, Error, Result};
+use crate::error::{Error, Result};
 
 /// Files of a tokenizer directory copied into an export.
 pub const TOKENIZER_FILES: &[&str] = &[
@@ -53,16 +53,20 @@ pub fn prepare(dir: &Path, lm: &crate::lm::LmConfig) -> Result<ExportTokenizer> 
         path: path.display().to_string(),
         message: m,
     };
-    let text = std::fs::read_to_string(&path).map_err(io_err(&path))?;
-    serde_json::from_str::<Value>(&text).map_err(|e| bad(format!("not valid JSON: {e}")))?;
-    let mut tok = Tokenizer::from_file(&path).map_err(|e| bad(format!("not a tokenizer: {e}")))?;
+    let text = crate::files::read_text(&path)?;
+    flamingo_contract::check_tokenizer_json(&text).map_err(bad)?;
+    let mut tok: Tokenizer = flamingo_contract::tokenizer::unpanicked(|| text.parse())
+        .map_err(bad)?
+        .map_err(|e| bad(format!("not a tokenizer: {e}")))?;
     let map_path = dir.join("special_tokens_map.json");
-    let mut map: Value = match std::fs::read_to_string(&map_path) {
-        Ok(t) => serde_json::from_str(&t).map_err(|e| Error::Config {
+    let mut map: Value = if map_path.exists() {
+        let t = crate::files::read_text(&map_path)?;
+        serde_json::from_str(&t).map_err(|e| Error::Config {
             path: map_path.display().to_string(),
             message: format!("not valid JSON: {e}"),
-        })?,
-        Err(_) => Value::Object(Default::default()),
+        })?
+    } else {
+        Value::Object(Default::default())
     };
     let id = |tok: &Tokenizer, content: &str| tok.token_to_id(content);
     let mut added = Vec::new();

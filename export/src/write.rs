@@ -23,7 +23,7 @@ use crate::store::TensorStore;
 use crate::tokens;
 
 /// Where the release files are and where the export goes.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct ExportOptions {
     /// open_clip weights (`open_clip_pytorch_model.bin` or `.safetensors`).
     pub clip: PathBuf,
@@ -46,6 +46,8 @@ pub struct ExportOptions {
     /// A public release (`openflamingo-3b-vitl-mpt1b`, ...) whose known
     /// shapes and settings the files must have.
     pub release: Option<String>,
+    /// Bounds on the checkpoints' pickles.
+    pub pickle_limits: crate::pickle::PickleLimits,
     /// A precision rewrite applied to every graph before it is written
     /// (`flamingo_calibration::fp16::to_fp16`), and its name for the manifest.
     pub rewrite: Option<(Precision, Rewrite)>,
@@ -93,6 +95,7 @@ impl Release {
         }
         let lm = LmConfig::load(&opts.lm)?;
         let mut store = TensorStore::new();
+        store.pickle_limits = opts.pickle_limits;
         let clip = crate::files::clip_weights(&opts.clip)?;
         let n = store.add_file(&clip, "", |n| n.starts_with("visual."))?;
         if n == 0 {
@@ -337,7 +340,7 @@ pub fn export_preset(
     progress: &mut dyn Progress,
 ) -> Result<Manifest> {
     let p = crate::presets::preset(name)?;
-    let output = OutputDir::create(out, force)?;
+    let output = OutputDir::create(out, force, &[])?;
     let spec = Spec {
         weights: &crate::presets::RandomWeights,
         vision: p.vision.clone(),
@@ -372,11 +375,14 @@ fn lm_info(lm: &LmConfig, d: &DecoderConfig) -> LmInfo {
 /// Exports a release into `opts.out`. Nothing is left at `opts.out` unless
 /// the whole export succeeded.
 pub fn export(opts: &ExportOptions, progress: &mut dyn Progress) -> Result<Manifest> {
-    if opts.out.exists() && !opts.force {
-        return Err(Error::OutputExists {
-            path: opts.out.display().to_string(),
-        });
-    }
+    // refused before any work
+    let inputs = [
+        opts.clip.as_path(),
+        opts.lm.as_path(),
+        opts.checkpoint.as_path(),
+        opts.tokenizer.as_deref().unwrap_or(opts.lm.as_path()),
+    ];
+    crate::output::check_replaceable(&opts.out, opts.force, &inputs)?;
     let release = Release::open(opts)?;
     if let Some(name) = &opts.release {
         crate::releases::check(name, &release, opts)?;
@@ -402,7 +408,13 @@ pub fn export(opts: &ExportOptions, progress: &mut dyn Progress) -> Result<Manif
         });
     }
     let special = tok.special.clone();
-    let output = OutputDir::create(&opts.out, opts.force)?;
+    let inputs = [
+        opts.clip.as_path(),
+        opts.lm.as_path(),
+        opts.checkpoint.as_path(),
+        opts.tokenizer.as_deref().unwrap_or(opts.lm.as_path()),
+    ];
+    let output = OutputDir::create(&opts.out, opts.force, &inputs)?;
     let spec = Spec {
         weights: &release.store,
         vision: release.vision.clone(),

@@ -41,6 +41,7 @@ mod error;
 pub mod gpu;
 pub mod int4_matmul;
 pub mod int8_matmul;
+pub mod limits;
 pub mod media_cache;
 mod model;
 #[cfg(feature = "ort")]
@@ -52,10 +53,12 @@ pub mod preprocess;
 pub mod search;
 pub mod tokenizer;
 pub mod tract_backend;
+pub mod verify;
 
 pub use backend::{Backend, BackendKind, Input, Resident, Session, Value, ValueRef};
 pub use decoder::{KvCache, KvStore, MediaKv, Step};
 pub use error::{Error, Result};
-pub use model::{Encoded, Media, Model, Observer};
+pub use limits::Limits;
+pub use model::{Encoded, LoadOptions, Media, Model, Observer};
 pub use pipeline::{CandidateScore, Generation, Pipeline, Request, Sequence, TokenEvent};
 pub use search::{GenerateOptions, Search};

@@ -8,7 +8,8 @@ use flamingo_contract::{io, GraphRole, Manifest};
 use ndarray::{Array4, ArrayD, Axis};
 
 use crate::backend::{Backend, BackendKind, Session, Value, ValueRef};
-use crate::preprocess::{load_image, preprocess};
+use crate::limits::Limits;
+use crate::preprocess::{load_image_within, preprocess};
 use crate::{Error, Result};
 
 /// One media item of a prompt: an image, or a video as its frames.
@@ -45,16 +46,29 @@ pub struct Model {
     media_kv: Option<Box<dyn Session>>,
     decoder: Option<Box<dyn Session>>,
     observer: Option<Observer>,
+    /// Bounds on media and requests.
+    pub limits: Limits,
 }
 
 /// Sees every graph run: the graph's role and all its outputs (calibration
 /// adds the activations it observes as extra outputs).
 pub type Observer = Box<dyn FnMut(GraphRole, &HashMap<String, Value>) + Send>;
 
+/// How an export is loaded.
+#[derive(Clone, Debug, Default)]
+pub struct LoadOptions {
+    /// GPU provider settings (ignored by the CPU backends).
+    pub gpu: crate::gpu::GpuOptions,
+    /// Skip the sha256 check of every file (trusted paths; `--no-verify`).
+    /// Paths are checked to stay inside the export either way.
+    pub no_verify: bool,
+}
+
 impl Model {
-    /// Loads an export directory on `backend`.
+    /// Loads an export directory on `backend`, its files checked against
+    /// the manifest's sha256s.
     pub fn load(dir: &Path, backend: BackendKind) -> Result<Model> {
-        Self::load_with_gpu(dir, backend, &crate::gpu::GpuOptions::default())
+        Self::load_opts(dir, backend, &LoadOptions::default())
     }
 
     /// Loads an export with GPU provider settings (ignored by CPU backends).
@@ -63,8 +77,18 @@ impl Model {
         backend: BackendKind,
         gpu: &crate::gpu::GpuOptions,
     ) -> Result<Model> {
+        let opts = LoadOptions {
+            gpu: gpu.clone(),
+            ..Default::default()
+        };
+        Self::load_opts(dir, backend, &opts)
+    }
+
+    /// Loads an export with `opts`.
+    pub fn load_opts(dir: &Path, backend: BackendKind, opts: &LoadOptions) -> Result<Model> {
         let manifest = Manifest::load(dir)?;
-        let be = backend.create_for(Some(&manifest), gpu)?;
+        crate::verify::check(dir, &manifest, !opts.no_verify)?;
+        let be = backend.create_for(Some(&manifest), &opts.gpu)?;
         Self::load_with(dir, manifest, be.as_ref(), backend)
     }
 
@@ -84,7 +108,9 @@ impl Model {
                     manifest.precision
                 )));
             }
-            Ok(dir.join(&g.file))
+            let p = crate::verify::inside(dir, &g.file)?;
+            crate::verify::graph_io(&p, role, g)?;
+            Ok(p)
         };
         let vision = be.load(&path(GraphRole::VisionEncoder)?)?;
         let resampler = be.load(&path(GraphRole::Resampler)?)?;
@@ -99,6 +125,7 @@ impl Model {
             media_kv: Some(media_kv),
             decoder: Some(decoder),
             observer: None,
+            limits: Limits::default(),
         })
     }
 
@@ -208,7 +235,7 @@ impl Model {
         let s = self.manifest.preprocess.image_size;
         let mut out = Array4::<f32>::zeros((paths.len(), 3, s, s));
         for (i, p) in paths.iter().enumerate() {
-            let img = load_image(p)?;
+            let img = load_image_within(p, &self.limits)?;
             out.index_axis_mut(Axis(0), i)
                 .assign(&preprocess(&img, &self.manifest.preprocess));
         }
@@ -269,6 +296,13 @@ impl Model {
     pub fn encode(&mut self, media: &[Media]) -> Result<Encoded> {
         if media.is_empty() {
             return Err(Error::Input("no media given".into()));
+        }
+        if media.len() > self.limits.max_media {
+            return Err(Error::Input(format!(
+                "{} media items, more than --max-media {}",
+                media.len(),
+                self.limits.max_media
+            )));
         }
         let f = media[0].frames().len();
         if let Some(m) = media.iter().find(|m| m.frames().len() != f) {

@@ -15,7 +15,7 @@ use crate::backend::BackendKind;
 use crate::decoder::{position_ids, MediaKv, Step};
 use crate::media_cache::MediaCache;
 use crate::model::{Media, Model};
-use crate::preprocess::{decode_image, preprocess};
+use crate::preprocess::{decode_image_within, preprocess};
 use crate::search::{self, GenerateOptions, Search};
 use crate::tokenizer::Tokenizer;
 use crate::{Error, Result};
@@ -26,6 +26,69 @@ pub struct Request {
     pub prompt: String,
     pub media: Vec<Media>,
     pub options: GenerateOptions,
+}
+
+impl Request {
+    /// A request from one line of the `generate --batch` JSONL format:
+    /// `{"prompt", "media": ["a.png", ["f1.png", "f2.png"]], ...options}`, a
+    /// string an image, a list a video's frames, relative paths resolved
+    /// against `base`; options override `defaults` (an unknown one is an error).
+    pub fn from_json_line(
+        line: &str,
+        base: &Path,
+        defaults: &GenerateOptions,
+    ) -> std::result::Result<Request, String> {
+        use serde_json::Value;
+        let v: Value = serde_json::from_str(line).map_err(|e| format!("not valid JSON: {e}"))?;
+        let obj = v.as_object().ok_or("a request must be a JSON object")?;
+        let prompt = obj
+            .get("prompt")
+            .and_then(|p| p.as_str())
+            .ok_or("missing \"prompt\" (a string)")?
+            .to_string();
+        let mut media = Vec::new();
+        let items = match obj.get("media") {
+            None | Some(Value::Null) => &[][..],
+            Some(Value::Array(a)) => a.as_slice(),
+            Some(_) => return Err("\"media\" must be a list".into()),
+        };
+        for (i, m) in items.iter().enumerate() {
+            match m {
+                Value::String(s) => media.push(Media::Image(resolve(base, s))),
+                Value::Array(frames) => {
+                    let fr: Option<Vec<PathBuf>> = frames
+                        .iter()
+                        .map(|f| f.as_str().map(|s| resolve(base, s)))
+                        .collect();
+                    media.push(Media::Video(
+                        fr.ok_or(format!("media[{i}]: video frames must be strings"))?,
+                    ));
+                }
+                _ => {
+                    return Err(format!(
+                        "media[{i}] must be a path or a list of frame paths"
+                    ))
+                }
+            }
+        }
+        // per-request options override the defaults
+        let mut opts = serde_json::to_value(defaults).map_err(|e| e.to_string())?;
+        for (k, val) in obj {
+            if k != "prompt" && k != "media" {
+                if opts.get(k).is_none() {
+                    return Err(format!("unknown field \"{k}\""));
+                }
+                opts[k] = val.clone();
+            }
+        }
+        let options: GenerateOptions =
+            serde_json::from_value(opts).map_err(|e| format!("bad option: {e}"))?;
+        Ok(Request {
+            prompt,
+            media,
+            options,
+        })
+    }
 }
 
 /// One returned sequence.
@@ -84,6 +147,9 @@ pub struct Pipeline {
     cache: MediaCache,
 }
 
+/// Candidates scored per decoder call.
+const SCORE_CHUNK: usize = 8;
+
 /// Default bound of the media cache.
 pub const DEFAULT_MEDIA_CACHE_BYTES: usize = 256 << 20;
 
@@ -99,7 +165,20 @@ impl Pipeline {
         backend: BackendKind,
         gpu: &crate::gpu::GpuOptions,
     ) -> Result<Pipeline> {
-        let model = Model::load_with_gpu(dir, backend, gpu)?;
+        let opts = crate::model::LoadOptions {
+            gpu: gpu.clone(),
+            ..Default::default()
+        };
+        Self::load_opts(dir, backend, &opts)
+    }
+
+    /// Loads with `opts` (GPU settings, `no_verify`).
+    pub fn load_opts(
+        dir: &Path,
+        backend: BackendKind,
+        opts: &crate::model::LoadOptions,
+    ) -> Result<Pipeline> {
+        let model = Model::load_opts(dir, backend, opts)?;
         let tokenizer = Tokenizer::load(&dir.join("tokenizer"))?;
         Ok(Pipeline {
             model,
@@ -142,17 +221,17 @@ impl Pipeline {
 
     /// Vision tokens `[P, D]` of one image file, from the cache or computed.
     fn frame_tokens(&mut self, path: &Path) -> Result<ArrayD<f32>> {
-        let bytes = std::fs::read(path).map_err(|e| Error::Io {
-            path: path.display().to_string(),
-            source: e,
-        })?;
+        let limits = self.model.limits;
+        let bytes = crate::limits::read_media(path, &limits)?;
         let key: [u8; 32] = Sha256::digest(&bytes).into();
         if let Some(t) = self.cache.get(&key) {
             return Ok(t);
         }
-        let img = decode_image(&bytes).map_err(|message| Error::BadImage {
-            path: path.display().to_string(),
-            message,
+        let img = decode_image_within(&bytes, limits.max_image_pixels).map_err(|message| {
+            Error::BadImage {
+                path: path.display().to_string(),
+                message,
+            }
         })?;
         let px = preprocess(&img, &self.model.manifest.preprocess).insert_axis(Axis(0));
         let t = self
@@ -236,8 +315,31 @@ impl Pipeline {
 
     fn prepare(&mut self, req: &Request) -> Result<Prepared> {
         req.options.validate().map_err(Error::Input)?;
+        let limits = self.model.limits;
+        if req.options.num_beams > limits.max_beams {
+            return Err(Error::Input(format!(
+                "num_beams {} is more than --max-beams {}",
+                req.options.num_beams, limits.max_beams
+            )));
+        }
+        if req.media.len() > limits.max_media {
+            return Err(Error::Input(format!(
+                "{} media items, more than --max-media {}",
+                req.media.len(),
+                limits.max_media
+            )));
+        }
         let ids = self.prompt_ids(&req.prompt, req.media.len())?;
-        self.check_context(ids.len() + req.options.max_new_tokens)?;
+        let total = ids
+            .len()
+            .checked_add(req.options.max_new_tokens)
+            .ok_or_else(|| {
+                Error::Input(format!(
+                    "max_new_tokens {} overflows the context",
+                    req.options.max_new_tokens
+                ))
+            })?;
+        self.check_context(total)?;
         let kv = self.media_kv(&req.media)?;
         let stop = if req.options.stop_tokens.is_empty() {
             vec![self.model.manifest.special_tokens.end_of_chunk]
@@ -450,7 +552,7 @@ impl Pipeline {
         let b = step.input_ids.nrows();
         let mut mask = step.attention_mask.clone();
         let mut cache = self.model.empty_cache(b);
-        cache.reserve(step.input_ids.ncols() + most_new);
+        cache.reserve(step.input_ids.ncols().saturating_add(most_new));
         let mut logits = self.model.decode(&step, kv, &mut cache)?;
         let mut done: Vec<bool> = groups.iter().map(|g| g.is_done()).collect();
         while !done.iter().all(|&d| d) {
@@ -537,6 +639,13 @@ impl Pipeline {
         if candidates.is_empty() {
             return Err(Error::Input("no candidates to score".into()));
         }
+        if candidates.len() > self.model.limits.max_candidates {
+            return Err(Error::Input(format!(
+                "{} candidates, more than --max-candidates {}",
+                candidates.len(),
+                self.model.limits.max_candidates
+            )));
+        }
         let prefix = self.prompt_ids(prompt, media.len())?;
         let kv = self.media_kv(media)?;
         let mut rows = Vec::new();
@@ -550,31 +659,41 @@ impl Pipeline {
             self.check_context(full.len())?;
             rows.push(full);
         }
-        let refs: Vec<&[u32]> = rows.iter().map(|r| r.as_slice()).collect();
-        let kvs: Vec<&MediaKv> = rows.iter().map(|_| &kv).collect();
-        let Padded { mut step, kv: kvb } = self.pad_rows(&refs, &kvs)?;
-        let l = step.input_ids.ncols();
-        step.keep = l;
-        let mut cache = self.model.empty_cache(rows.len());
-        let logits = self.model.decode(&step, &kvb, &mut cache)?;
-        let mut out = Vec::new();
-        for (i, (row, c)) in rows.iter().zip(candidates).enumerate() {
-            let off = l - row.len();
-            let mut sum = 0.0f32;
-            for (j, &tok) in row.iter().enumerate().skip(prefix.len()) {
-                let lg: Vec<f32> = logits
-                    .index_axis(Axis(0), i)
-                    .index_axis(Axis(0), off + j - 1)
-                    .iter()
-                    .copied()
-                    .collect();
-                sum += search::log_softmax(&lg)[tok as usize];
+        // a few candidates per decoder call, each keeping only the logits
+        // of its candidate tokens: memory does not grow with their number
+        let mut out = Vec::with_capacity(rows.len());
+        for (chunk, texts) in rows.chunks(SCORE_CHUNK).zip(candidates.chunks(SCORE_CHUNK)) {
+            let refs: Vec<&[u32]> = chunk.iter().map(|r| r.as_slice()).collect();
+            let kvs: Vec<&MediaKv> = chunk.iter().map(|_| &kv).collect();
+            let Padded { mut step, kv: kvb } = self.pad_rows(&refs, &kvs)?;
+            let l = step.input_ids.ncols();
+            // the first position whose logits score a candidate token
+            let first = chunk
+                .iter()
+                .map(|r| l - r.len() + prefix.len() - 1)
+                .min()
+                .unwrap_or(0);
+            step.keep = l - first;
+            let mut cache = self.model.empty_cache(chunk.len());
+            let logits = self.model.decode(&step, &kvb, &mut cache)?;
+            for (i, (row, c)) in chunk.iter().zip(texts).enumerate() {
+                let off = l - row.len();
+                let mut sum = 0.0f32;
+                for (j, &tok) in row.iter().enumerate().skip(prefix.len()) {
+                    let lg: Vec<f32> = logits
+                        .index_axis(Axis(0), i)
+                        .index_axis(Axis(0), off + j - 1 - first)
+                        .iter()
+                        .copied()
+                        .collect();
+                    sum += search::log_softmax(&lg)[tok as usize];
+                }
+                out.push(CandidateScore {
+                    text: c.clone(),
+                    logprob_sum: sum,
+                    num_tokens: row.len() - prefix.len(),
+                });
             }
-            out.push(CandidateScore {
-                text: c.clone(),
-                logprob_sum: sum,
-                num_tokens: row.len() - prefix.len(),
-            });
         }
         Ok(out)
     }

@@ -9,6 +9,7 @@ use std::path::Path;
 use flamingo_contract::PreprocessConfig;
 use ndarray::Array3;
 
+use crate::limits::Limits;
 use crate::{Error, Result};
 
 /// An 8-bit RGB image, row-major, interleaved.
@@ -19,21 +20,48 @@ pub struct Rgb8 {
     pub data: Vec<u8>,
 }
 
-/// Decodes an image file (PNG, JPEG, BMP, WebP) into RGB.
+/// Decodes an image file (PNG, JPEG, BMP, WebP) into RGB, within the
+/// default [`Limits`].
 pub fn load_image(path: &Path) -> Result<Rgb8> {
-    let bytes = std::fs::read(path).map_err(|e| Error::Io {
-        path: path.display().to_string(),
-        source: e,
-    })?;
-    decode_image(&bytes).map_err(|message| Error::BadImage {
+    load_image_within(path, &Limits::default())
+}
+
+/// [`load_image`] within `limits` (file size, pixels before decoding).
+pub fn load_image_within(path: &Path, limits: &Limits) -> Result<Rgb8> {
+    let bytes = crate::limits::read_media(path, limits)?;
+    decode_image_within(&bytes, limits.max_image_pixels).map_err(|message| Error::BadImage {
         path: path.display().to_string(),
         message,
     })
 }
 
-/// Decodes image bytes into RGB (alpha dropped, as PIL's `convert("RGB")`).
+/// Decodes image bytes into RGB (alpha dropped, as PIL's `convert("RGB")`),
+/// within the default pixel bound.
 pub fn decode_image(bytes: &[u8]) -> Result<Rgb8, String> {
-    let img = image::load_from_memory(bytes).map_err(|e| e.to_string())?;
+    decode_image_within(bytes, Limits::default().max_image_pixels)
+}
+
+/// [`decode_image`], refusing an image whose header claims more than
+/// `max_pixels` before anything is decoded (a small file can claim
+/// 20000 x 20000), and bounding what the decoder may allocate.
+pub fn decode_image_within(bytes: &[u8], max_pixels: u64) -> Result<Rgb8, String> {
+    let reader = || {
+        image::ImageReader::new(std::io::Cursor::new(bytes))
+            .with_guessed_format()
+            .map_err(|e| e.to_string())
+    };
+    let (w, h) = reader()?.into_dimensions().map_err(|e| e.to_string())?;
+    if w as u64 * h as u64 > max_pixels {
+        return Err(format!(
+            "{w} x {h} pixels, more than --max-image-pixels {max_pixels}"
+        ));
+    }
+    let mut r = reader()?;
+    let mut l = image::Limits::default();
+    // the decoded image (up to 16 bytes a pixel) and the decoder's own buffers
+    l.max_alloc = Some(max_pixels.saturating_mul(16).max(1 << 20));
+    r.limits(l);
+    let img = r.decode().map_err(|e| e.to_string())?;
     let rgb = img.to_rgb8();
     let (w, h) = rgb.dimensions();
     if w == 0 || h == 0 {

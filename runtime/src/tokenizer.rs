@@ -13,28 +13,37 @@ impl Tokenizer {
     /// Loads `dir/tokenizer.json` (never from a hub).
     pub fn load(dir: &Path) -> Result<Tokenizer> {
         let path = dir.join("tokenizer.json");
-        let inner = tokenizers::Tokenizer::from_file(&path).map_err(|e| Error::Io {
-            path: path.display().to_string(),
-            source: std::io::Error::other(e.to_string()),
-        })?;
+        let text = flamingo_contract::read_text(&path, flamingo_contract::MAX_TEXT_BYTES)?;
+        Self::from_json(&text).map_err(|e| Error::Input(format!("{}: {e}", path.display())))
+    }
+
+    /// A tokenizer from the text of a `tokenizer.json`.
+    pub fn from_json(text: &str) -> Result<Tokenizer, String> {
+        flamingo_contract::check_tokenizer_json(text)
+            .map_err(|e| format!("not a tokenizer: {e}"))?;
+        let inner: tokenizers::Tokenizer =
+            flamingo_contract::tokenizer::unpanicked(|| text.parse())
+                .map_err(|e| format!("not a tokenizer: {e}"))?
+                .map_err(|e| format!("not a tokenizer: {e}"))?;
         Ok(Tokenizer { inner })
     }
 
     /// Token ids of `text` as `tokenizer(text)` gives them (special tokens
     /// per the tokenizer's post-processor).
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
-        let enc = self
-            .inner
-            .encode(text, true)
-            .map_err(|e| Error::Input(format!("tokenizing {text:?}: {e}")))?;
+        let fail = |e: String| Error::Input(format!("tokenizing {text:?}: {e}"));
+        let enc = flamingo_contract::tokenizer::unpanicked(|| self.inner.encode(text, true))
+            .map_err(fail)?
+            .map_err(|e| fail(e.to_string()))?;
         Ok(enc.get_ids().to_vec())
     }
 
     /// Text of `ids`, special tokens skipped.
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
-        self.inner
-            .decode(ids, true)
-            .map_err(|e| Error::Input(format!("decoding {ids:?}: {e}")))
+        let fail = |e: String| Error::Input(format!("decoding {ids:?}: {e}"));
+        flamingo_contract::tokenizer::unpanicked(|| self.inner.decode(ids, true))
+            .map_err(fail)?
+            .map_err(|e| fail(e.to_string()))
     }
 
     pub fn token_id(&self, token: &str) -> Option<u32> {

@@ -78,6 +78,7 @@ pub fn export_options(name: &str, out: &Path) -> Result<ExportOptions> {
             force: false,
             release: None,
             rewrite: None,
+            ..Default::default()
         });
     }
     let n = j["cross_attn_every_n_layers"]
@@ -94,6 +95,7 @@ pub fn export_options(name: &str, out: &Path) -> Result<ExportOptions> {
         force: false,
         release: None,
         rewrite: None,
+        ..Default::default()
     })
 }
 

@@ -91,9 +91,22 @@ fn an_existing_output_is_refused_without_force() -> Result<()> {
         out.join("keep.txt").exists(),
         "refusing must not touch the dir"
     );
+    // --force replaces only an export of ours: not this directory of files
     opts.force = true;
+    let err = export(&opts, &mut NoProgress)
+        .expect_err("must refuse")
+        .to_string();
+    assert!(err.contains("not an export written by flamingo"), "{err}");
+    assert!(
+        out.join("keep.txt").exists(),
+        "refusing must not touch the dir"
+    );
+    std::fs::remove_dir_all(&out)?;
     export(&opts, &mut NoProgress)?;
-    assert!(out.join("manifest.json").exists() && !out.join("keep.txt").exists());
+    // an export of ours is replaced
+    std::fs::write(out.join("stale.txt"), "old")?;
+    export(&opts, &mut NoProgress)?;
+    assert!(out.join("manifest.json").exists() && !out.join("stale.txt").exists());
     Ok(())
 }
 
@@ -142,6 +155,24 @@ fn a_lying_storage_size_is_rejected_before_allocation() -> Result<()> {
         .expect("the numel of the first storage");
     bytes[at + 1] = 0xff;
     bytes[at + 2] = 0xff;
+    // keep the CRC-32 right (in the local header and the central
+    // directory), so that it is the storage size the reader refuses
+    let (old, range) = {
+        let mut z = zip::ZipArchive::new(std::fs::File::open(&ckpt)?)?;
+        let e = z.by_name("checkpoint/data.pkl")?;
+        let start = e.data_start().expect("a stored entry") as usize;
+        (e.crc32(), start..start + e.compressed_size() as usize)
+    };
+    let new = crc32fast::hash(&bytes[range]).to_le_bytes();
+    let old = old.to_le_bytes();
+    let mut patched = 0;
+    for i in 0..bytes.len() - 4 {
+        if bytes[i..i + 4] == old {
+            bytes[i..i + 4].copy_from_slice(&new);
+            patched += 1;
+        }
+    }
+    assert_eq!(patched, 2, "the CRC-32 of data.pkl, twice");
     std::fs::write(&ckpt, &bytes)?;
     expect_failure(
         &options_in(&dir, &dir.join("out"))?,

@@ -322,6 +322,33 @@ fn bad_shard_indexes_are_named() -> Result<()> {
             "does not hold it",
         ],
     )?;
+    // a tensor two shards both hold
+    let (dir, o) = copy("index-twice")?;
+    let lm = dir.join("lm");
+    let map = write_shards(&lm, 2)?;
+    let (first, second) = (map[0].clone(), map.last().cloned().unwrap());
+    let tensors = lm_tensors()?;
+    let mut part: Vec<Named> = tensors
+        .iter()
+        .filter(|(n, _, _)| map.iter().any(|(t, f)| t == n && *f == second.1))
+        .map(|(n, s, v)| Named {
+            name: n,
+            shape: s,
+            data: v,
+        })
+        .collect();
+    let (_, s0, v0) = tensors.iter().find(|(n, _, _)| *n == first.0).unwrap();
+    part.push(Named {
+        name: &first.0,
+        shape: s0,
+        data: v0,
+    });
+    write_f32(&lm.join(&second.1), &part)?;
+    write_index(&lm, "model.safetensors.index.json", &map)?;
+    expect_failure(
+        &o,
+        &[first.0.as_str(), "is in two shards", &first.1, &second.1],
+    )?;
     Ok(())
 }
 

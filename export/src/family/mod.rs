@@ -194,6 +194,18 @@ pub fn decoder_config(
             message: format!("hidden size {hidden} with {heads} heads and {kv_heads} key/value heads is not a valid layout"),
         });
     }
+    if c.max_positions() == Some(0) || c.num_layers() == 0 || c.vocab_size() == 0 {
+        return Err(Error::Config {
+            path: lm.path.clone(),
+            message: format!(
+                "{} layers, a vocabulary of {} and a context of {} make no model (each must be at least 1)",
+                c.num_layers(),
+                c.vocab_size(),
+                c.max_positions()
+                    .map_or("unlimited positions".to_string(), |n| format!("{n} tokens"))
+            ),
+        });
+    }
     let layers_path = format!("{P}{}", f.layers);
     let num_layers = c.num_layers();
     let mut xattn = openflamingo_xattn(every_n, resampler.dim, resampler.num_latents);

@@ -6,5 +6,5 @@ pub mod proto;
 mod read;
 mod write;
 
-pub use read::read;
+pub use read::{read, read_bytes};
 pub use write::{to_bytes, write, WriteOptions, Written, EXTERNAL_THRESHOLD, IR_VERSION, OPSET};

@@ -21,6 +21,12 @@ fn map(path: &Path) -> Result<Arc<Mmap>> {
         path: path.display().to_string(),
         source,
     };
+    if !std::fs::metadata(path).map_err(read)?.is_file() {
+        return Err(Error::Corrupt {
+            path: path.display().to_string(),
+            message: "not a regular file".into(),
+        });
+    }
     let f = File::open(path).map_err(read)?;
     if f.metadata().map_err(read)?.len() == 0 {
         return Err(Error::Corrupt {
@@ -174,13 +180,18 @@ impl Reader<'_> {
 /// operator sets it imports (domain, version) besides the default one.
 pub fn read(path: &Path) -> Result<(Graph, Vec<(String, i64)>)> {
     let file = map(path)?;
+    read_bytes(&file, path)
+}
+
+/// [`read`] of the model's bytes (its external data beside `path`).
+pub fn read_bytes(bytes: &[u8], path: &Path) -> Result<(Graph, Vec<(String, i64)>)> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let mut r = Reader {
         dir,
         path,
         maps: HashMap::new(),
     };
-    let model = pb::ModelProto::decode(&file[..])
+    let model = pb::ModelProto::decode(bytes)
         .map_err(|e| r.bad(&format!("not a protobuf ModelProto ({e})")))?;
     let opsets = model
         .opset_import

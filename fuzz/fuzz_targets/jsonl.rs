@@ -1,0 +1,6 @@
+//! A line of the `generate --batch` JSONL format.
+#![no_main]
+#[path = "../harness.rs"]
+mod harness;
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| harness::jsonl(data));

@@ -1,0 +1,6 @@
+//! A `.safetensors` file: the header over the bytes, the offsets.
+#![no_main]
+#[path = "../harness.rs"]
+mod harness;
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| harness::safetensors(data));

@@ -1,0 +1,6 @@
+//! A shard index (`*.index.json`).
+#![no_main]
+#[path = "../harness.rs"]
+mod harness;
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| harness::shard_index(data));

@@ -1,0 +1,6 @@
+//! A `tokenizer.json`, then a prompt through it.
+#![no_main]
+#[path = "../harness.rs"]
+mod harness;
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| harness::tokenizer(data));
