@@ -91,3 +91,16 @@ pub fn check_output_file(out: &std::path::Path, force: bool, flag: &str) -> anyh
     }
     Ok(())
 }
+
+/// Writes `bytes` to `out` through a temporary sibling renamed over it, so
+/// that `out` is never left half-written.
+pub fn write_file_atomic(out: &std::path::Path, bytes: &[u8]) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let name = out.file_name().unwrap_or_default().to_string_lossy();
+    let tmp = out.with_file_name(format!(".{name}.partial-{}", std::process::id()));
+    let r = std::fs::write(&tmp, bytes).and_then(|_| std::fs::rename(&tmp, out));
+    if r.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    r.with_context(|| format!("writing {}", out.display()))
+}

@@ -5,6 +5,7 @@ mod calibrate;
 mod compare;
 mod convert;
 mod encode;
+mod eval;
 mod export;
 mod generate;
 mod gpu;
@@ -51,6 +52,8 @@ enum Command {
     Generate(generate::Args),
     /// Score candidate continuations by the sum of their token log-probabilities.
     Score(score::Args),
+    /// Few-shot benchmarks (VQA accuracy, captioning CIDEr-D) as OpenFlamingo's eval runs them.
+    Eval(eval::Args),
 }
 
 /// SIGINT, SIGTERM and SIGHUP remove the outputs still being written
@@ -83,6 +86,7 @@ fn main() {
         Command::Encode(a) => encode::run(a),
         Command::Generate(a) => generate::run(a),
         Command::Score(a) => score::run(a),
+        Command::Eval(a) => eval::run(a),
     };
     if let Err(e) = result {
         eprintln!("error: {}", describe(&e));

@@ -849,6 +849,65 @@ fn corpus(root: &Path, model: &Path) -> Vec<Case> {
         needles: vec!["input.png".into(), "--force".into()],
         absent: None,
     });
+    // eval: absent data, a dataset file of the wrong format, a missing image
+    let ev = root.join("eval");
+    std::fs::create_dir_all(ev.join("val2014")).unwrap();
+    let q = ev.join("questions.json");
+    std::fs::write(
+        &q,
+        br#"{"questions": [{"image_id": 5, "question": "What?", "question_id": 50}]}"#,
+    )
+    .unwrap();
+    let a = ev.join("annotations.json");
+    std::fs::write(
+        &a,
+        br#"{"annotations": [{"question_id": 50, "answers": [{"answer": "x"}]}]}"#,
+    )
+    .unwrap();
+    let karpathy = ev.join("dataset_coco.json");
+    std::fs::write(&karpathy, br#"{"images": []}"#).unwrap();
+    let eval_args = |task: &str, q: &Path| {
+        let v = s(&ev.join("val2014"));
+        args(&[
+            "eval",
+            "--model",
+            &s(model),
+            "--task",
+            task,
+            "--shots",
+            "0",
+            "--train-image-dir",
+            &v,
+            "--train-questions",
+            &s(q),
+            "--train-annotations",
+            &s(&a),
+            "--test-image-dir",
+            &v,
+            "--test-questions",
+            &s(q),
+            "--test-annotations",
+            &s(&a),
+        ])
+    };
+    cases.push(Case {
+        name: "eval: a task whose data is absent",
+        args: args(&["eval", "--model", &s(model), "--task", "coco"]),
+        needles: vec!["--task coco needs --image-dir".into()],
+        absent: None,
+    });
+    cases.push(Case {
+        name: "eval: a Karpathy JSON as VQA questions",
+        args: eval_args("vqav2", &karpathy),
+        needles: vec!["dataset_coco.json".into(), "no `questions` list".into()],
+        absent: None,
+    });
+    cases.push(Case {
+        name: "eval: an image listed but missing",
+        args: eval_args("vqav2", &q),
+        needles: vec!["COCO_val2014_000000000005.jpg".into(), "missing".into()],
+        absent: None,
+    });
     std::mem::forget(_listener);
     cases
 }
