@@ -81,6 +81,27 @@ fn run(args: &[String], limit: Duration) -> Run {
     }
 }
 
+/// `flamingo export` of the tiny-mpt fixture to `out`, with `extra` flags.
+fn export_tiny(out: &Path, extra: &[&str]) -> Command {
+    let fx = fixture("tiny-mpt");
+    let mut c = Command::new(env!("CARGO_BIN_EXE_flamingo"));
+    c.args([
+        "export",
+        "--clip",
+        &s(&fx.join("clip/open_clip_pytorch_model.bin")),
+        "--lm",
+        &s(&fx.join("lm")),
+        "--checkpoint",
+        &s(&fx.join("checkpoint.pt")),
+        "--tokenizer",
+        &s(&fx.join("tokenizer")),
+        "--out",
+        &s(out),
+    ])
+    .args(extra);
+    c
+}
+
 /// A corpus entry: arguments, words the message must hold, and an
 /// output path that must not exist afterwards.
 struct Case {
@@ -919,24 +940,7 @@ fn every_bad_input_is_a_clear_error_within_bounds() {
     let root = keep.clone().unwrap_or_else(|| tmp.path().to_path_buf());
     std::fs::create_dir_all(&root).unwrap();
     let model = root.join("model/tiny-mpt");
-    let fx = fixture("tiny-mpt");
-    let out = Command::new(env!("CARGO_BIN_EXE_flamingo"))
-        .args([
-            "export",
-            "--clip",
-            &s(&fx.join("clip/open_clip_pytorch_model.bin")),
-            "--lm",
-            &s(&fx.join("lm")),
-            "--checkpoint",
-            &s(&fx.join("checkpoint.pt")),
-            "--tokenizer",
-            &s(&fx.join("tokenizer")),
-            "--out",
-            &s(&model),
-            "--force",
-        ])
-        .output()
-        .unwrap();
+    let out = export_tiny(&model, &["--force"]).output().unwrap();
     assert!(
         out.status.success(),
         "{}",
@@ -1023,22 +1027,7 @@ fn a_long_batch_runs_in_bounded_memory() {
     let tmp = tempfile::tempdir().unwrap();
     let model = tmp.path().join("m");
     let fx = fixture("tiny-mpt");
-    let ok = Command::new(env!("CARGO_BIN_EXE_flamingo"))
-        .args([
-            "export",
-            "--clip",
-            &s(&fx.join("clip/open_clip_pytorch_model.bin")),
-            "--lm",
-            &s(&fx.join("lm")),
-            "--checkpoint",
-            &s(&fx.join("checkpoint.pt")),
-            "--tokenizer",
-            &s(&fx.join("tokenizer")),
-            "--out",
-            &s(&model),
-        ])
-        .status()
-        .unwrap();
+    let ok = export_tiny(&model, &[]).status().unwrap();
     assert!(ok.success());
     let img = s(&fx.join("images/img0.png"));
     let mut peaks = Vec::new();

@@ -75,5 +75,26 @@ pub fn read_text(path: &std::path::Path, max: u64) -> Result<String> {
     })
 }
 
+/// What a non-regular file is, for messages.
+pub fn file_kind(meta: &std::fs::Metadata) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    let t = meta.file_type();
+    if t.is_dir() {
+        "a directory"
+    } else if t.is_fifo() {
+        "a FIFO"
+    } else if t.is_socket() {
+        "a socket"
+    } else if t.is_char_device() {
+        "a character device"
+    } else if t.is_block_device() {
+        "a block device"
+    } else if t.is_symlink() {
+        "a symbolic link"
+    } else {
+        "not a file"
+    }
+}
+
 /// The bound [`read_text`] is given for configs, manifests and tokenizers.
 pub const MAX_TEXT_BYTES: u64 = 256 << 20;

@@ -45,7 +45,10 @@ impl Mapped {
         if !meta.is_file() {
             return Err(Error::Config {
                 path: path.display().to_string(),
-                message: format!("not a regular file ({})", file_kind(&meta)),
+                message: format!(
+                    "not a regular file ({})",
+                    flamingo_contract::file_kind(&meta)
+                ),
             });
         }
         let f = File::open(path).map_err(io_err(path))?;
@@ -68,25 +71,6 @@ impl Mapped {
             path: path.to_path_buf(),
             map: Bytes::Owned(bytes),
         })
-    }
-}
-
-/// What a non-regular file is, for messages.
-pub fn file_kind(meta: &std::fs::Metadata) -> &'static str {
-    use std::os::unix::fs::FileTypeExt;
-    let t = meta.file_type();
-    if t.is_dir() {
-        "a directory"
-    } else if t.is_fifo() {
-        "a FIFO"
-    } else if t.is_socket() {
-        "a socket"
-    } else if t.is_char_device() {
-        "a character device"
-    } else if t.is_block_device() {
-        "a block device"
-    } else {
-        "not a file"
     }
 }
 

@@ -51,7 +51,7 @@ pub fn regular_file(path: &Path, max: u64, flag: &str) -> Result<u64> {
         return Err(Error::Input(format!(
             "{}: not a regular file ({})",
             path.display(),
-            kind(&meta)
+            flamingo_contract::file_kind(&meta)
         )));
     }
     if meta.len() > max {
@@ -62,27 +62,6 @@ pub fn regular_file(path: &Path, max: u64, flag: &str) -> Result<u64> {
         )));
     }
     Ok(meta.len())
-}
-
-/// What a non-regular file is, for messages.
-pub fn kind(meta: &std::fs::Metadata) -> &'static str {
-    use std::os::unix::fs::FileTypeExt;
-    let t = meta.file_type();
-    if t.is_dir() {
-        "a directory"
-    } else if t.is_fifo() {
-        "a FIFO"
-    } else if t.is_socket() {
-        "a socket"
-    } else if t.is_char_device() {
-        "a character device"
-    } else if t.is_block_device() {
-        "a block device"
-    } else if t.is_symlink() {
-        "a symbolic link"
-    } else {
-        "not a file"
-    }
 }
 
 /// The bytes of the media file `path`, within `limits`.
