@@ -1,9 +1,12 @@
 //! `flamingo eval`: OpenFlamingo's few-shot benchmarks on an export (VQA
-//! accuracy, captioning CIDEr-D), with the data in its published formats.
+//! accuracy, captioning CIDEr-D, HatefulMemes ROC-AUC, ImageNet top-1 and
+//! top-5), with the data in its published formats; `--compare` runs a
+//! second export on the same samples and bootstraps the difference.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Result};
+use flamingo_eval::classify;
 use flamingo_eval::data::{self, Sample, Task};
 use flamingo_eval::run::{self, Settings};
 use flamingo_runtime::BackendKind;
@@ -14,7 +17,7 @@ pub struct Args {
     /// Export directory
     #[arg(long)]
     model: PathBuf,
-    /// vqav2, vizwiz, textvqa, coco or flickr30k
+    /// vqav2, vizwiz, textvqa, coco, flickr30k, hateful_memes or imagenet
     #[arg(long)]
     task: String,
     /// Shot counts, comma-separated (0 uses two text-only demonstrations)
@@ -47,7 +50,8 @@ pub struct Args {
     /// VQA: the training split's questions JSON
     #[arg(long)]
     train_questions: Option<PathBuf>,
-    /// VQA: the training split's annotations JSON
+    /// VQA: the training split's annotations JSON; HatefulMemes: its
+    /// train.jsonl
     #[arg(long)]
     train_annotations: Option<PathBuf>,
     /// VQA: the test split's image directory (VQAv2: named val2014)
@@ -56,10 +60,12 @@ pub struct Args {
     /// VQA: the test split's questions JSON
     #[arg(long)]
     test_questions: Option<PathBuf>,
-    /// VQA: the test split's annotations JSON
+    /// VQA: the test split's annotations JSON; HatefulMemes: its
+    /// dev.jsonl (or test) with labels
     #[arg(long)]
     test_annotations: Option<PathBuf>,
-    /// Captioning: the image directory (COCO: holding train2014/ and val2014/)
+    /// Captioning: the image directory (COCO: holding train2014/ and
+    /// val2014/); HatefulMemes: its img/ directory
     #[arg(long)]
     image_dir: Option<PathBuf>,
     /// Captioning: the Karpathy split JSON (dataset_coco.json, dataset_flickr30k.json)
@@ -69,6 +75,21 @@ pub struct Args {
     /// (default: the Karpathy JSON's sentences)
     #[arg(long)]
     annotations: Option<PathBuf>,
+    /// ImageNet: the directory holding train/ and val/, one folder per
+    /// class in each (as torchvision's ImageFolder reads them)
+    #[arg(long)]
+    imagenet_root: Option<PathBuf>,
+    /// ImageNet: the class names, one per line in class-folder order
+    /// (default: OpenFlamingo's 1000 ImageNet-1k names)
+    #[arg(long)]
+    class_names: Option<PathBuf>,
+    /// A second export to run on the same samples and demonstrations:
+    /// both scores and their difference with a 95% bootstrap interval
+    #[arg(long)]
+    compare: Option<PathBuf>,
+    /// Bootstrap resamples of --compare
+    #[arg(long, default_value_t = 1000)]
+    bootstrap: usize,
     /// Write the predictions in the published result format (with several
     /// shot counts or trials, one file each: NAME.{shots}shot.{seed}.json)
     #[arg(long)]
@@ -91,7 +112,31 @@ fn need<'a>(v: &'a Option<PathBuf>, flag: &str, task: Task) -> Result<&'a Path> 
         .ok_or_else(|| anyhow!("--task {} needs {flag}", task.name()))
 }
 
-fn splits(a: &Args, task: Task) -> Result<(Vec<Sample>, Vec<Sample>)> {
+type Splits = (Vec<Sample>, Vec<Sample>, Option<Vec<String>>);
+
+fn splits(a: &Args, task: Task) -> Result<Splits> {
+    if task == Task::HatefulMemes {
+        let dir = need(&a.image_dir, "--image-dir", task)?;
+        let train = data::hateful_memes(
+            dir,
+            need(&a.train_annotations, "--train-annotations", task)?,
+        )
+        .map_err(|e| anyhow!(e))?;
+        let test = data::hateful_memes(dir, need(&a.test_annotations, "--test-annotations", task)?)
+            .map_err(|e| anyhow!(e))?;
+        let classes = classify::HATEFUL_MEMES_CLASSES.map(String::from).to_vec();
+        return Ok((train, test, Some(classes)));
+    }
+    if task == Task::ImageNet {
+        let root = need(&a.imagenet_root, "--imagenet-root", task)?;
+        let classes = match &a.class_names {
+            Some(p) => data::class_names(p).map_err(|e| anyhow!(e))?,
+            None => classify::imagenet_classes(),
+        };
+        let train = data::image_folder(&root.join("train"), &classes).map_err(|e| anyhow!(e))?;
+        let test = data::image_folder(&root.join("val"), &classes).map_err(|e| anyhow!(e))?;
+        return Ok((train, test, Some(classes)));
+    }
     if task.is_vqa() {
         let train = data::vqa(
             task,
@@ -107,7 +152,7 @@ fn splits(a: &Args, task: Task) -> Result<(Vec<Sample>, Vec<Sample>)> {
             Some(need(&a.test_annotations, "--test-annotations", task)?),
         )
         .map_err(|e| anyhow!(e))?;
-        Ok((train, test))
+        Ok((train, test, None))
     } else {
         let dir = need(&a.image_dir, "--image-dir", task)?;
         let json = need(&a.karpathy_json, "--karpathy-json", task)?;
@@ -116,7 +161,7 @@ fn splits(a: &Args, task: Task) -> Result<(Vec<Sample>, Vec<Sample>)> {
         if let Some(ann) = &a.annotations {
             data::coco_references(&mut test, ann).map_err(|e| anyhow!(e))?;
         }
-        Ok((train, test))
+        Ok((train, test, None))
     }
 }
 
@@ -143,8 +188,7 @@ pub fn run(a: Args) -> Result<()> {
             }
         }
     }
-    let (train, test) = splits(&a, task)?;
-    let mut p = a.load.pipeline(&a.model, a.backend, &Default::default())?;
+    let (train, test, classes) = splits(&a, task)?;
     let settings = Settings {
         shots: a.shots.clone(),
         num_samples: a.num_samples,
@@ -160,17 +204,25 @@ pub fn run(a: Args) -> Result<()> {
     } else {
         a.num_samples.min(test.len())
     };
-    let bar = crate::progress::request_bar(!a.json, a.shots.len() * a.trials * n, task.name());
-    let results = run::evaluate(&mut p, task, &train, &test, &settings, &mut |done, _| {
-        bar.set_position(done as u64)
-    })
-    .map_err(|e| anyhow!(e))?;
-    bar.finish_and_clear();
-    let unit = if task.is_vqa() {
-        "VQA accuracy"
-    } else {
-        "CIDEr"
+    let eval_on = |model: &Path| -> Result<Vec<run::ShotResult>> {
+        let mut p = a.load.pipeline(model, a.backend, &Default::default())?;
+        let label = format!("{} {}", task.name(), model.display());
+        let bar = crate::progress::request_bar(!a.json, a.shots.len() * a.trials * n, &label);
+        let results = run::evaluate(
+            &mut p,
+            task,
+            &train,
+            &test,
+            classes.as_deref(),
+            &settings,
+            &mut |done, _| bar.set_position(done as u64),
+        )
+        .map_err(|e| anyhow!("{}: {e}", model.display()))?;
+        bar.finish_and_clear();
+        Ok(results)
     };
+    let results = eval_on(&a.model)?;
+    let unit = task.metric();
     for r in &results {
         if let Some(out) = &a.out {
             for t in &r.trials {
@@ -179,19 +231,59 @@ pub fn run(a: Args) -> Result<()> {
                 crate::load::write_file_atomic(&path, text.as_bytes())?;
             }
         }
+        if a.compare.is_some() {
+            continue;
+        }
         if a.json {
             println!("{}", r.to_json(task));
         } else {
-            let trials: Vec<String> = r.trials.iter().map(|t| format!("{:.2}", t.score)).collect();
-            println!(
-                "{} {}-shot {unit}: {:.2} (std {:.2}; trials {})",
-                task.name(),
-                r.shots,
-                r.mean,
-                r.std,
-                trials.join(", ")
-            );
+            println!("{}", line(task, unit, r));
+        }
+    }
+    if let Some(other) = &a.compare {
+        let second = eval_on(other)?;
+        let cmp = run::compare(&results, &second, a.bootstrap, a.seed).map_err(|e| anyhow!(e))?;
+        for ((c, ra), rb) in cmp.iter().zip(&results).zip(&second) {
+            if a.json {
+                let mut v = c.to_json(task);
+                v["model"] = ra.to_json(task);
+                v["compare"] = rb.to_json(task);
+                println!("{v}");
+            } else {
+                println!("{}: {}", a.model.display(), line(task, unit, ra));
+                println!("{}: {}", other.display(), line(task, unit, rb));
+                println!(
+                    "{} {}-shot difference: {:+.2} (95% bootstrap interval {:+.2} to {:+.2}, {} resamples)",
+                    task.name(),
+                    c.shots,
+                    c.difference,
+                    c.ci95.0,
+                    c.ci95.1,
+                    c.resamples
+                );
+            }
         }
     }
     Ok(())
+}
+
+/// One shot count's result as text.
+fn line(task: Task, unit: &str, r: &run::ShotResult) -> String {
+    let trials: Vec<String> = r.trials.iter().map(|t| format!("{:.2}", t.score)).collect();
+    let mut s = format!(
+        "{} {}-shot {unit}: {:.2} (std {:.2}; trials {})",
+        task.name(),
+        r.shots,
+        r.mean,
+        r.std,
+        trials.join(", ")
+    );
+    let top5: Vec<f64> = r.trials.iter().filter_map(|t| t.top5).collect();
+    if !top5.is_empty() {
+        s += &format!(
+            "; top-5 {:.2}",
+            top5.iter().sum::<f64>() / top5.len() as f64
+        );
+    }
+    s
 }

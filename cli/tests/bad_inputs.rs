@@ -929,6 +929,51 @@ fn corpus(root: &Path, model: &Path) -> Vec<Case> {
         needles: vec!["COCO_val2014_000000000005.jpg".into(), "missing".into()],
         absent: None,
     });
+    cases.push(Case {
+        name: "eval: VQA questions as HatefulMemes JSON lines",
+        args: args(&[
+            "eval",
+            "--model",
+            &s(model),
+            "--task",
+            "hateful_memes",
+            "--image-dir",
+            &s(&ev),
+            "--train-annotations",
+            &s(&q),
+            "--test-annotations",
+            &s(&q),
+        ]),
+        needles: vec!["questions.json: line 1".into(), "no `img`".into()],
+        absent: None,
+    });
+    let inet = ev.join("imagenet");
+    for split in ["train", "val"] {
+        std::fs::create_dir_all(inet.join(split).join("n01440764")).unwrap();
+    }
+    cases.push(Case {
+        name: "eval: an ImageNet tree that is not the 1000 classes",
+        args: args(&[
+            "eval",
+            "--model",
+            &s(model),
+            "--task",
+            "imagenet",
+            "--imagenet-root",
+            &s(&inet),
+        ]),
+        needles: vec![
+            "imagenet/train".into(),
+            "1 class folders for 1000 class names".into(),
+        ],
+        absent: None,
+    });
+    cases.push(Case {
+        name: "eval: OK-VQA says why it is unavailable",
+        args: args(&["eval", "--model", &s(model), "--task", "okvqa"]),
+        needles: vec!["okvqa".into(), "NLTK".into()],
+        absent: None,
+    });
     std::mem::forget(_listener);
     cases
 }

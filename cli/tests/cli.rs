@@ -738,3 +738,99 @@ fn releases_are_known_by_name_and_checked() {
         assert!(!out.exists());
     }
 }
+
+#[test]
+fn eval_imagenet_compares_two_exports_and_writes_predictions() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tmp.path().join("m");
+    export("tiny-mpt", &model);
+    let int4 = tmp.path().join("m-int4");
+    let (ok, _, err) = flamingo(&[
+        "quantize",
+        "--weights",
+        "int4",
+        &model.display().to_string(),
+        &int4.display().to_string(),
+    ]);
+    assert!(ok, "{err}");
+    // an ImageNet tree of four classes, a class-name file
+    let root = tmp.path().join("imagenet");
+    let names = ["tench", "goldfish", "great white shark", "tiger shark"];
+    for split in ["train", "val"] {
+        for c in 0..names.len() {
+            let dir = root.join(split).join(format!("n0{c}"));
+            std::fs::create_dir_all(&dir).unwrap();
+            for k in 0..2 {
+                std::fs::copy(
+                    fixture("tiny-mpt").join(format!("images/img{}.png", (c + k) % 4)),
+                    dir.join(format!("{k}.png")),
+                )
+                .unwrap();
+            }
+        }
+    }
+    let classes = tmp.path().join("classes.txt");
+    std::fs::write(&classes, names.join("\n")).unwrap();
+    let out = tmp.path().join("preds.json");
+    let run = |extra: &[&str]| {
+        let mut a = vec![
+            "eval",
+            "--model",
+            model.to_str().unwrap(),
+            "--backend",
+            "ort-cpu",
+            "--task",
+            "imagenet",
+            "--imagenet-root",
+            root.to_str().unwrap(),
+            "--class-names",
+            classes.to_str().unwrap(),
+            "--num-samples",
+            "0",
+            "--json",
+        ];
+        a.extend_from_slice(extra);
+        flamingo(&a)
+    };
+    let (ok, stdout, err) = run(&[
+        "--shots",
+        "0,1",
+        "--compare",
+        int4.to_str().unwrap(),
+        "--bootstrap",
+        "200",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    let rows = lines(&stdout);
+    assert_eq!(rows.len(), 2, "{stdout}");
+    for (r, shots) in rows.iter().zip([0, 1]) {
+        assert_eq!(r["task"], "imagenet");
+        assert_eq!(r["shots"], shots);
+        let (a, b) = (r["a"].as_f64().unwrap(), r["b"].as_f64().unwrap());
+        assert_eq!(r["model"]["mean"].as_f64().unwrap(), a);
+        assert_eq!(r["compare"]["mean"].as_f64().unwrap(), b);
+        assert!((r["difference"].as_f64().unwrap() - (b - a)).abs() < 1e-9);
+        let ci = r["ci95"].as_array().unwrap();
+        assert!(ci[0].as_f64().unwrap() <= ci[1].as_f64().unwrap());
+        assert_eq!(r["resamples"], 200);
+        assert!(r["model"]["top5"].as_array().is_some());
+    }
+    // one file per shot count, in the published classification format
+    for shots in [0, 1] {
+        let p = tmp.path().join(format!("preds.{shots}shot.42.json"));
+        let v: Value = serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
+        let v = v.as_array().unwrap();
+        assert_eq!(v.len(), 8);
+        for x in v {
+            assert!(x["id"].is_u64() && names.contains(&x["label"].as_str().unwrap()));
+            assert_eq!(x["scores"].as_array().unwrap().len(), 4);
+        }
+    }
+    // the same eval without --compare gives the same first scores
+    let (ok, stdout, err) = run(&["--shots", "1"]);
+    assert!(ok, "{err}");
+    let solo = lines(&stdout);
+    assert_eq!(solo[0]["mean"], rows[1]["model"]["mean"]);
+}

@@ -4,13 +4,19 @@ Writes eval/tests/data/metrics.json: synthetic VQA answers and captions with
 what open_flamingo 2.0.1's `vqa_metric.py` (VQAEval, run through its files as
 `compute_vqa_accuracy` runs it, unrounded) and pycocoevalcap 1.2 (Stanford
 CoreNLP 3.4.1's PTBTokenizer through Java, then Cider, as COCOEvalCap runs
-them) give for them, plus the post-processing functions on a table of cases.
+them) give for them, plus the post-processing functions on a table of cases,
+ROC-AUC as scikit-learn's `roc_auc_score` gives it (HatefulMemes' metric, with
+`evaluate_classification`'s scores of the `yes` class), and the prompts of
+open_flamingo 2.0.1's eval model (`open_flamingo/eval/models/open_flamingo.py`,
+which the wheel leaves out: its prompt methods are read from the 2.0.1 tag).
 The Rust tests read this file; this script is not run by CI.
 
-    python3 -m venv /tmp/v && /tmp/v/bin/pip install numpy pycocotools
+    python3 -m venv /tmp/v && /tmp/v/bin/pip install numpy pycocotools scikit-learn
     pip download --no-deps open_flamingo==2.0.1 pycocoevalcap==1.2
-    unzip the two wheels into DIR (Java 8+ on the PATH), then
-    /tmp/v/bin/python eval/reference/metrics.py DIR
+    unzip the two wheels into DIR (Java 8+ on the PATH);
+    git show 2.0.1:open_flamingo/eval/models/open_flamingo.py > MODEL.py
+    (in a clone of mlfoundations/open_flamingo), then
+    /tmp/v/bin/python eval/reference/metrics.py DIR MODEL.py
 """
 
 import json
@@ -184,9 +190,71 @@ POST_VQA = ["yes", "yes Question: what", "two, three", "a cat, a dog, a bird",
 POST_CAPTION = ["A dog on a beach.", "A cat. Output: another", "Outputs", "x Output y Output z",
                 "", " spaced Output:", "Output"]
 
+def auc_cases(n=60):
+    """Random labels and scores (with ties), and HatefulMemes' path: per
+    sample the mean log-probabilities of `no` and `yes`, the top class's
+    probability among the two, flipped when the top class is `no`."""
+    import numpy as np
+    from sklearn.metrics import roc_auc_score
+
+    cases = []
+    for _ in range(n):
+        m = rng.randint(2, 80)
+        labels = [rng.random() < rng.choice([0.2, 0.5, 0.7]) for _ in range(m)]
+        if all(labels) or not any(labels):
+            labels[0] = not labels[0]
+        digits = rng.choice([1, 2, 8])
+        scores = [round(rng.random(), digits) for _ in range(m)]
+        gts = ["yes" if x else "no" for x in labels]
+        cases.append({"labels": labels, "scores": scores, "auc": float(roc_auc_score(gts, scores))})
+    memes = []
+    for _ in range(20):
+        m = rng.randint(4, 50)
+        labels = [rng.random() < 0.4 for _ in range(m)]
+        labels[0], labels[1] = True, False
+        logprobs = [[-rng.random() * 4, -rng.random() * 4] for _ in range(m)]
+        classes = ["no", "yes"]
+        greater = max(classes)
+        pred = []
+        for lp in logprobs:
+            lp = np.array(lp)
+            top = int(np.argmax(lp))
+            score = float(np.exp(lp[top] - np.logaddexp.reduce(lp)))
+            pred.append(score if classes[top] == greater else 1 - score)
+        gts = ["yes" if x else "no" for x in labels]
+        memes.append({"labels": labels, "logprobs": logprobs, "auc": float(roc_auc_score(gts, pred))})
+    return {"cases": cases, "hateful_memes": memes}
+
+
+def prompt_cases(path):
+    """The eval model's prompt methods, run on a table of inputs."""
+    import ast
+
+    tree = ast.parse(open(path).read())
+    wanted = {"get_vqa_prompt", "get_caption_prompt", "get_imagenet_prompt", "get_hateful_memes_prompt"}
+    ns = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.FunctionDef) and node.name in wanted:
+            exec(compile(ast.Module([node], []), path, "exec"), ns)
+    assert set(ns) >= wanted, sorted(ns)
+    texts = ["What is it?", "it's 'quoted'", "", "two\nlines", "emoji \u2603"]
+    out = []
+    for t in texts:
+        for a in [None, "a cat", ""]:
+            out.append({"fn": "vqa", "text": t, "label": a, "prompt": ns["get_vqa_prompt"](None, t, a)})
+            out.append({"fn": "hateful_memes", "text": t, "label": a,
+                        "prompt": ns["get_hateful_memes_prompt"](None, t, a)})
+    for a in [None, "tench", "great white shark", ""]:
+        out.append({"fn": "caption", "text": "", "label": a, "prompt": ns["get_caption_prompt"](None, a)})
+        out.append({"fn": "imagenet", "text": "", "label": a, "prompt": ns["get_imagenet_prompt"](None, a)})
+    return out
+
+
 out = {
     "vqa": vqa_cases(),
     "cider": cider_cases(),
+    "roc_auc": auc_cases(),
+    "prompts": prompt_cases(sys.argv[2]),
     "postprocess_vqa": [[s, vqa_metric.postprocess_vqa_generation(s)] for s in POST_VQA],
     "postprocess_captioning": [[s, postprocess_captioning_generation(s)] for s in POST_CAPTION],
 }

@@ -16,10 +16,20 @@ pub enum Task {
     TextVqa,
     Coco,
     Flickr30k,
+    HatefulMemes,
+    ImageNet,
 }
 
 impl Task {
-    pub const NAMES: &'static [&'static str] = &["vqav2", "vizwiz", "textvqa", "coco", "flickr30k"];
+    pub const NAMES: &'static [&'static str] = &[
+        "vqav2",
+        "vizwiz",
+        "textvqa",
+        "coco",
+        "flickr30k",
+        "hateful_memes",
+        "imagenet",
+    ];
 
     pub fn parse(s: &str) -> Result<Task, String> {
         Ok(match s {
@@ -28,13 +38,22 @@ impl Task {
             "textvqa" => Task::TextVqa,
             "coco" => Task::Coco,
             "flickr30k" => Task::Flickr30k,
-            "okvqa" | "hateful_memes" | "imagenet" => {
+            "hateful_memes" => Task::HatefulMemes,
+            "imagenet" => Task::ImageNet,
+            "okvqa" => {
                 return Err(format!(
-                    "task `{s}` is not implemented yet (OK-VQA needs its stemmer, the classification tasks close-ended scoring); implemented: {}",
+                    "task `okvqa` is not available: its answers are stemmed with NLTK's trained \
+                     part-of-speech tagger, punkt and WordNet, which this tool cannot reproduce \
+                     (their data is not on a package registry); available: {}",
                     Task::NAMES.join(", ")
                 ))
             }
-            _ => return Err(format!("unknown task `{s}`; implemented: {}", Task::NAMES.join(", "))),
+            _ => {
+                return Err(format!(
+                    "unknown task `{s}`; available: {}",
+                    Task::NAMES.join(", ")
+                ))
+            }
         })
     }
 
@@ -45,6 +64,8 @@ impl Task {
             Task::TextVqa => "textvqa",
             Task::Coco => "coco",
             Task::Flickr30k => "flickr30k",
+            Task::HatefulMemes => "hateful_memes",
+            Task::ImageNet => "imagenet",
         }
     }
 
@@ -52,19 +73,37 @@ impl Task {
         matches!(self, Task::VqaV2 | Task::VizWiz | Task::TextVqa)
     }
 
-    /// OpenFlamingo's `max_generation_length` for the task.
+    pub fn is_classification(self) -> bool {
+        matches!(self, Task::HatefulMemes | Task::ImageNet)
+    }
+
+    /// What the score is, in the paper's units.
+    pub fn metric(self) -> &'static str {
+        match self {
+            Task::VqaV2 | Task::VizWiz | Task::TextVqa => "VQA accuracy",
+            Task::Coco | Task::Flickr30k => "CIDEr",
+            Task::HatefulMemes => "ROC-AUC",
+            Task::ImageNet => "top-1 accuracy",
+        }
+    }
+
+    /// OpenFlamingo's `max_generation_length` for the task (classification
+    /// scores its class names instead: 0).
     pub fn max_new_tokens(self) -> usize {
         match self {
             Task::VqaV2 | Task::VizWiz => 5,
             Task::TextVqa => 10,
             Task::Coco | Task::Flickr30k => 20,
+            Task::HatefulMemes | Task::ImageNet => 0,
         }
     }
 }
 
 /// One sample: an image and its text. For VQA `text` is the question,
 /// `answers` the human answers (the first is a demonstration's answer);
-/// for captioning `text` is the first caption, `answers` every caption.
+/// for captioning `text` is the first caption, `answers` every caption;
+/// for classification `text` is the meme's text (HatefulMemes) or empty,
+/// `answers` the class name alone.
 #[derive(Clone, Debug)]
 pub struct Sample {
     /// `question_id` (VQA) or `image_id` (captioning), as the results name it.
@@ -291,4 +330,141 @@ pub fn coco_references(samples: &mut [Sample], annotations: &Path) -> Result<(),
             .ok_or_else(|| format!("{}: no caption of image {key}", annotations.display()))?;
     }
     Ok(())
+}
+
+/// A HatefulMemes split: a JSON-lines file (`{"id", "img", "label",
+/// "text"}` per line) whose images are found, as `HatefulMemesDataset`
+/// finds them, by the last component of `img` in `image_dir`. The class
+/// names are `yes` (label 1) and `no`.
+pub fn hateful_memes(image_dir: &Path, jsonl: &Path) -> Result<Vec<Sample>, String> {
+    let text = flamingo_contract::read_text(jsonl, flamingo_contract::MAX_TEXT_BYTES)
+        .map_err(|e| e.to_string())?;
+    let mut out = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let at = format!("{}: line {}", jsonl.display(), n + 1);
+        let v: Value =
+            serde_json::from_str(line).map_err(|e| format!("{at}: not a JSON object: {e}"))?;
+        let get = |k: &str| v.get(k).ok_or_else(|| format!("{at}: no `{k}`"));
+        let img = get("img")?
+            .as_str()
+            .ok_or_else(|| format!("{at}: `img` is not a string"))?;
+        let name = img.rsplit('/').next().unwrap_or(img);
+        if name.is_empty() || name == ".." || name == "." {
+            return Err(format!("{at}: `img` {img:?} names no file"));
+        }
+        let label = match get("label")?.as_i64() {
+            Some(1) => "yes",
+            Some(0) => "no",
+            _ => return Err(format!("{at}: `label` must be 0 or 1")),
+        };
+        out.push(Sample {
+            id: get("id")?.clone(),
+            image: image_dir.join(name),
+            text: get("text")?
+                .as_str()
+                .ok_or_else(|| format!("{at}: `text` is not a string"))?
+                .to_string(),
+            answers: vec![label.to_string()],
+        });
+    }
+    if out.is_empty() {
+        return Err(format!("{}: no samples", jsonl.display()));
+    }
+    Ok(out)
+}
+
+/// torchvision's `IMG_EXTENSIONS`, as `ImageFolder` matches them
+/// (lowercased).
+const IMAGE_EXTENSIONS: [&str; 9] = [
+    ".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp",
+];
+
+/// Files under `dir` (sorted, recursively, as `os.walk` with sorted names
+/// lists them for `ImageFolder`) with an image extension.
+fn image_files(dir: &Path, depth: usize, out: &mut Vec<PathBuf>) -> Result<(), String> {
+    if depth > 16 {
+        return Err(format!("{}: folders nested too deep", dir.display()));
+    }
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| format!("{}: {e}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .collect();
+    entries.sort();
+    let (dirs, files): (Vec<PathBuf>, Vec<PathBuf>) = entries.into_iter().partition(|p| p.is_dir());
+    for f in files {
+        let name = f
+            .file_name()
+            .map(|n| n.to_string_lossy().to_lowercase())
+            .unwrap_or_default();
+        if IMAGE_EXTENSIONS.iter().any(|e| name.ends_with(e)) {
+            out.push(f);
+        }
+    }
+    for d in dirs {
+        image_files(&d, depth + 1, out)?;
+    }
+    Ok(())
+}
+
+/// An ImageNet split as torchvision's `ImageFolder` reads it: one folder
+/// per class (sorted by name: the WordNet ids, in class-index order), the
+/// images under each; `classes[i]` names class `i`. Sample ids are the
+/// samples' indices in the split, as `ImageNetDataset` gives them.
+pub fn image_folder(root: &Path, classes: &[String]) -> Result<Vec<Sample>, String> {
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(root)
+        .map_err(|e| format!("{}: {e}", root.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_dir())
+        .collect();
+    dirs.sort();
+    if dirs.is_empty() {
+        return Err(format!("{}: no class folders", root.display()));
+    }
+    if dirs.len() != classes.len() {
+        return Err(format!(
+            "{}: {} class folders for {} class names",
+            root.display(),
+            dirs.len(),
+            classes.len()
+        ));
+    }
+    let mut out = Vec::new();
+    for (dir, class) in dirs.iter().zip(classes) {
+        let mut files = Vec::new();
+        image_files(dir, 0, &mut files)?;
+        for f in files {
+            out.push(Sample {
+                id: Value::from(out.len()),
+                image: f,
+                text: String::new(),
+                answers: vec![class.clone()],
+            });
+        }
+    }
+    if out.is_empty() {
+        return Err(format!(
+            "{}: no images in the class folders",
+            root.display()
+        ));
+    }
+    Ok(out)
+}
+
+/// Class names, one per line (blank lines ignored).
+pub fn class_names(path: &Path) -> Result<Vec<String>, String> {
+    let text = flamingo_contract::read_text(path, flamingo_contract::MAX_TEXT_BYTES)
+        .map_err(|e| e.to_string())?;
+    let names: Vec<String> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(String::from)
+        .collect();
+    if names.is_empty() {
+        return Err(format!("{}: no class names", path.display()));
+    }
+    Ok(names)
 }

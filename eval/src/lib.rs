@@ -7,6 +7,7 @@
 //! - [`cider`]: CIDEr-D as pycocoevalcap 1.2 computes it, over [`ptb`],
 //!   the Penn Treebank tokenisation its Stanford CoreNLP `PTBTokenizer`
 //!   applies first;
+//! - [`classify`]: close-ended classification's top-k and ROC-AUC;
 //! - [`prompt`]: the eval's prompts and the post-processing of generations;
 //! - [`data`]: the datasets in their published formats;
 //! - [`run`]: the eval loop over a [`flamingo_runtime::Pipeline`].
@@ -20,6 +21,7 @@
 //! ```
 
 pub mod cider;
+pub mod classify;
 pub mod data;
 pub mod prompt;
 pub mod ptb;

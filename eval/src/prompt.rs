@@ -2,7 +2,8 @@
 //! as open_flamingo 2.0.1's eval has them (`vqa_prompt` / `caption_prompt`
 //! of its OpenFlamingo eval model, `postprocess_vqa_generation` in
 //! `vqa_metric.py`, `postprocess_captioning_generation` in
-//! `coco_metric.py`).
+//! `coco_metric.py`), and its classification prompts
+//! (`get_imagenet_prompt`, `get_hateful_memes_prompt`).
 
 /// `<image>Question:{q} Short answer:{a}<|endofchunk|>` for a
 /// demonstration; without an answer (the query) it ends at `Short answer:`.
@@ -19,6 +20,23 @@ pub fn caption(caption: Option<&str>) -> String {
     match caption {
         Some(c) => format!("<image>Output:{c}<|endofchunk|>"),
         None => "<image>Output:".to_string(),
+    }
+}
+
+/// `<image>Output:{label}<|endofchunk|>` (`get_imagenet_prompt`); without a
+/// label (the query) it ends at `Output:`.
+pub fn imagenet(label: Option<&str>) -> String {
+    caption(label)
+}
+
+/// `<image>is an image with: '{text}' written on it. Is it hateful?
+/// Answer:{label}<|endofchunk|>` (`get_hateful_memes_prompt`); without a
+/// label (the query) it ends at `Answer:`.
+pub fn hateful_memes(text: &str, label: Option<&str>) -> String {
+    let head = format!("<image>is an image with: '{text}' written on it. Is it hateful? Answer:");
+    match label {
+        Some(l) => format!("{head}{l}<|endofchunk|>"),
+        None => head,
     }
 }
 

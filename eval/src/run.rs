@@ -4,7 +4,10 @@
 //! test samples), the prompts of [`crate::prompt`] (0 shots: two text-only
 //! demonstrations, their `<image>` removed), beam search 3 with length
 //! penalty 0 and the task's `max_new_tokens`, the post-processing, and the
-//! metric (VQA accuracy or CIDEr-D, in percent).
+//! metric (VQA accuracy or CIDEr-D, in percent); for classification the
+//! class names scored after the prompt ([`Pipeline::score_classes`]) and
+//! top-1/top-5 or ROC-AUC. [`compare`] bootstraps the difference of two
+//! exports run on the same samples.
 
 use std::collections::HashSet;
 
@@ -12,7 +15,7 @@ use flamingo_runtime::{GenerateOptions, Media, Pipeline, Request};
 use serde_json::{json, Value};
 
 use crate::data::{Sample, Task};
-use crate::{cider, prompt, vqa};
+use crate::{cider, classify, prompt, vqa};
 
 /// How to run an eval.
 #[derive(Clone, Debug)]
@@ -47,12 +50,53 @@ impl Default for Settings {
 }
 
 /// One trial: its seed, its score in percent, its predictions in the
-/// published result format.
+/// published result format, and what each sample adds to the score (for
+/// [`compare`]'s bootstrap).
 #[derive(Clone, Debug)]
 pub struct Trial {
     pub seed: u64,
     pub score: f64,
+    /// ImageNet: top-5 accuracy in percent.
+    pub top5: Option<f64>,
     pub predictions: Vec<Value>,
+    pub per_sample: PerSample,
+}
+
+/// The score of a trial from its samples: a mean of per-sample values
+/// (VQA accuracy, CIDEr-D against the fixed references, top-1 hits), or
+/// the ROC-AUC of (is positive, score) pairs.
+#[derive(Clone, Debug)]
+pub enum PerSample {
+    Mean(Vec<f64>),
+    Auc(Vec<(bool, f64)>),
+}
+
+impl PerSample {
+    pub fn len(&self) -> usize {
+        match self {
+            PerSample::Mean(v) => v.len(),
+            PerSample::Auc(v) => v.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The score (percent) of the samples `idx` (with repeats: a
+    /// bootstrap resample); `None` when it is undefined (an AUC resample
+    /// with one class only).
+    pub fn score_of(&self, idx: &[usize]) -> Option<f64> {
+        match self {
+            PerSample::Mean(v) => {
+                Some(idx.iter().map(|&i| v[i]).sum::<f64>() / idx.len().max(1) as f64)
+            }
+            PerSample::Auc(v) => {
+                let (labels, scores): (Vec<bool>, Vec<f64>) = idx.iter().map(|&i| v[i]).unzip();
+                classify::roc_auc(&labels, &scores).ok().map(|a| 100.0 * a)
+            }
+        }
+    }
 }
 
 /// The trials of one shot count, their mean and (population) standard
@@ -67,14 +111,21 @@ pub struct ShotResult {
 
 impl ShotResult {
     /// `{"task", "shots", "trials": [score...], "mean", "std"}`.
+    /// ImageNet adds `"top5": [score...]`, `"top5_mean"`.
     pub fn to_json(&self, task: Task) -> Value {
-        json!({
+        let mut v = json!({
             "task": task.name(),
             "shots": self.shots,
             "trials": self.trials.iter().map(|t| t.score).collect::<Vec<_>>(),
             "mean": self.mean,
             "std": self.std,
-        })
+        });
+        let top5: Vec<f64> = self.trials.iter().filter_map(|t| t.top5).collect();
+        if !top5.is_empty() {
+            v["top5"] = json!(top5);
+            v["top5_mean"] = json!(top5.iter().sum::<f64>() / top5.len() as f64);
+        }
+        v
     }
 }
 
@@ -121,11 +172,14 @@ fn check_images<'a>(
 
 /// Runs the eval of `task` with `train` as the demonstrations' split and
 /// `test` as the queries'; `progress(done, total)` after each batch.
+/// Classification tasks score `classes` (their class names, in class
+/// order); the other tasks take `None`.
 pub fn evaluate(
     p: &mut Pipeline,
     task: Task,
     train: &[Sample],
     test: &[Sample],
+    classes: Option<&[String]>,
     s: &Settings,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<Vec<ShotResult>, String> {
@@ -161,16 +215,22 @@ pub fn evaluate(
                 .map(|i| &test[i])
                 .collect();
             check_images(chosen.iter().copied(), "test")?;
-            // demonstrations never show a test image or question
+            // demonstrations never show a test image or question (ImageNet
+            // ids are indices within each split: there the image decides)
+            let by_id = task != Task::ImageNet;
             let taken: HashSet<String> = chosen
                 .iter()
-                .flat_map(|t| [t.id.to_string(), t.image.display().to_string()])
+                .flat_map(|t| {
+                    let id = by_id.then(|| format!("id {}", t.id));
+                    id.into_iter().chain([t.image.display().to_string()])
+                })
                 .collect();
             let pool: Vec<&Sample> = train
                 .iter()
                 .filter(|d| {
-                    !taken.contains(&d.id.to_string())
-                        && !taken.contains(&d.image.display().to_string())
+                    let seen = taken.contains(&d.image.display().to_string())
+                        || by_id && taken.contains(&format!("id {}", d.id));
+                    !seen
                 })
                 .collect();
             let query_set: Vec<&Sample> = rng
@@ -192,6 +252,24 @@ pub fn evaluate(
             }
             if shots > 0 {
                 check_images(query_set.iter().copied(), "training")?;
+            }
+            if task.is_classification() {
+                let classes = classes.ok_or("classification needs its class names")?;
+                let mut scores = Vec::with_capacity(n_test);
+                for batch in chosen.chunks(s.batch.max(1)) {
+                    for q in batch {
+                        let demos: Vec<&Sample> = rng
+                            .choose(query_set.len(), effective)
+                            .into_iter()
+                            .map(|i| query_set[i])
+                            .collect();
+                        scores.push(class_scores(p, task, q, &demos, shots, classes)?);
+                    }
+                    done += batch.len();
+                    progress(done, total);
+                }
+                trials.push(classification(task, &chosen, &scores, classes, seed)?);
+                continue;
             }
             let mut outputs = Vec::with_capacity(n_test);
             for batch in chosen.chunks(s.batch.max(1)) {
@@ -286,10 +364,17 @@ fn score(task: Task, chosen: &[&Sample], outputs: &[String], seed: u64) -> Trial
             .zip(&answers)
             .map(|(q, a)| json!({"question_id": q.id, "answer": a}))
             .collect();
+        let per = chosen
+            .iter()
+            .zip(&answers)
+            .map(|(q, a)| 100.0 * vqa::accuracy(a, &q.answers))
+            .collect();
         Trial {
             seed,
             score,
+            top5: None,
             predictions,
+            per_sample: PerSample::Mean(per),
         }
     } else {
         let captions: Vec<&str> = outputs
@@ -297,7 +382,7 @@ fn score(task: Task, chosen: &[&Sample], outputs: &[String], seed: u64) -> Trial
             .map(|o| prompt::postprocess_caption(o))
             .collect();
         let refs: Vec<&[String]> = chosen.iter().map(|q| q.answers.as_slice()).collect();
-        let (mean, _) = cider::coco(&captions, &refs);
+        let (mean, per) = cider::coco(&captions, &refs);
         let predictions = chosen
             .iter()
             .zip(&captions)
@@ -306,7 +391,219 @@ fn score(task: Task, chosen: &[&Sample], outputs: &[String], seed: u64) -> Trial
         Trial {
             seed,
             score: 100.0 * mean,
+            top5: None,
             predictions,
+            per_sample: PerSample::Mean(per.iter().map(|c| 100.0 * c).collect()),
         }
     }
+}
+
+/// The prompt and media of a classification query after its
+/// demonstrations (`evaluate_classification`: the prompts joined with
+/// nothing between them). With 0 shots the two demonstrations are text
+/// only, their `<image>` removed, and only the query's image is given
+/// (OpenFlamingo 2.0.1 passes the demonstrations' images too, which its
+/// text then never marks: cross-attention reads a demonstration's image in
+/// place of the query's).
+fn classification_prompt(
+    task: Task,
+    q: &Sample,
+    demos: &[&Sample],
+    shots: usize,
+) -> (String, Vec<Media>) {
+    let one = |s: &Sample, label: Option<&str>| match task {
+        Task::HatefulMemes => prompt::hateful_memes(&s.text, label),
+        _ => prompt::imagenet(label),
+    };
+    let mut context: String = demos
+        .iter()
+        .map(|d| one(d, d.answers.first().map(String::as_str)))
+        .collect();
+    let mut media: Vec<Media> = Vec::new();
+    if shots == 0 {
+        context = context.replace("<image>", "");
+    } else {
+        media.extend(demos.iter().map(|d| Media::Image(d.image.clone())));
+    }
+    media.push(Media::Image(q.image.clone()));
+    (context + &one(q, None), media)
+}
+
+/// Each class name's mean token log-probability after the query's prompt
+/// (`get_rank_classifications` with `normalize_length=True`).
+fn class_scores(
+    p: &mut Pipeline,
+    task: Task,
+    q: &Sample,
+    demos: &[&Sample],
+    shots: usize,
+    classes: &[String],
+) -> Result<Vec<f64>, String> {
+    let (text, media) = classification_prompt(task, q, demos, shots);
+    let scored = p
+        .score_classes(&text, &media, classes)
+        .map_err(|e| format!("test sample {}: {e}", q.id))?;
+    Ok(scored
+        .iter()
+        .map(|c| c.logprob_sum as f64 / c.num_tokens.max(1) as f64)
+        .collect())
+}
+
+/// A classification trial from each sample's class scores: ImageNet
+/// top-1 (the score) and top-5 accuracy; HatefulMemes the ROC-AUC of the
+/// probability of `yes` (the greater class name, as OpenFlamingo takes
+/// it). Predictions `{"id", "label", "scores"}`: the top class and every
+/// class's mean log-probability, in class order.
+fn classification(
+    task: Task,
+    chosen: &[&Sample],
+    scores: &[Vec<f64>],
+    classes: &[String],
+    seed: u64,
+) -> Result<Trial, String> {
+    let mut predictions = Vec::with_capacity(chosen.len());
+    let (mut top1, mut top5, mut auc) = (Vec::new(), 0.0, Vec::new());
+    let positive = classes.iter().max().cloned().unwrap_or_default();
+    for (q, sc) in chosen.iter().zip(scores) {
+        let truth = q.answers.first().cloned().unwrap_or_default();
+        let k = if task == Task::ImageNet { 5 } else { 1 };
+        let top = classify::top_k(sc, k);
+        let best = &classes[top[0]];
+        top1.push(if *best == truth { 100.0 } else { 0.0 });
+        if top.iter().any(|&i| classes[i] == truth) {
+            top5 += 100.0;
+        }
+        auc.push((
+            truth == positive,
+            classify::positive_probability(sc, classes),
+        ));
+        predictions.push(json!({"id": q.id, "label": best, "scores": sc}));
+    }
+    let n = chosen.len().max(1) as f64;
+    Ok(match task {
+        Task::HatefulMemes => Trial {
+            seed,
+            score: 100.0
+                * classify::roc_auc(
+                    &auc.iter().map(|a| a.0).collect::<Vec<_>>(),
+                    &auc.iter().map(|a| a.1).collect::<Vec<_>>(),
+                )
+                .map_err(|e| format!("seed {seed}: {e}"))?,
+            top5: None,
+            predictions,
+            per_sample: PerSample::Auc(auc),
+        },
+        _ => Trial {
+            seed,
+            score: top1.iter().sum::<f64>() / n,
+            top5: Some(top5 / n),
+            predictions,
+            per_sample: PerSample::Mean(top1),
+        },
+    })
+}
+
+/// Two exports' results on the same samples and demonstrations, per shot
+/// count: both means, their difference (`b - a`) and its 95% bootstrap
+/// confidence interval.
+#[derive(Clone, Debug)]
+pub struct Comparison {
+    pub shots: usize,
+    pub a: f64,
+    pub b: f64,
+    pub difference: f64,
+    pub ci95: (f64, f64),
+    pub resamples: usize,
+}
+
+impl Comparison {
+    pub fn to_json(&self, task: Task) -> Value {
+        json!({
+            "task": task.name(),
+            "shots": self.shots,
+            "a": self.a,
+            "b": self.b,
+            "difference": self.difference,
+            "ci95": [self.ci95.0, self.ci95.1],
+            "resamples": self.resamples,
+        })
+    }
+}
+
+/// Paired bootstrap of `b - a`: each resample draws the samples of every
+/// trial with replacement (the same draw for both exports), recomputes
+/// both scores (the AUC too) and averages the trials' differences; the
+/// interval is the 2.5th and 97.5th percentiles of `resamples` of them.
+/// The two results must come from the same samples (the same settings
+/// and data).
+pub fn compare(
+    a: &[ShotResult],
+    b: &[ShotResult],
+    resamples: usize,
+    seed: u64,
+) -> Result<Vec<Comparison>, String> {
+    if a.len() != b.len() {
+        return Err("the two runs have different shot counts".into());
+    }
+    let mut out = Vec::new();
+    for (ra, rb) in a.iter().zip(b) {
+        if ra.shots != rb.shots || ra.trials.len() != rb.trials.len() {
+            return Err("the two runs have different shot counts or trials".into());
+        }
+        for (ta, tb) in ra.trials.iter().zip(&rb.trials) {
+            let ids = |t: &Trial| -> Vec<Value> {
+                t.predictions
+                    .iter()
+                    .map(|p| {
+                        p.get("question_id")
+                            .or_else(|| p.get("image_id"))
+                            .or_else(|| p.get("id"))
+                            .cloned()
+                            .unwrap_or_default()
+                    })
+                    .collect()
+            };
+            if ta.per_sample.len() != tb.per_sample.len() || ids(ta) != ids(tb) {
+                return Err(format!(
+                    "{} shots, seed {}: the two runs scored different samples",
+                    ra.shots, ta.seed
+                ));
+            }
+        }
+        let mut rng = Rng(seed ^ (ra.shots as u64).wrapping_mul(0x9e37_79b9));
+        let mut diffs = Vec::with_capacity(resamples);
+        for _ in 0..resamples {
+            let mut sum = 0.0;
+            let mut ok = true;
+            for (ta, tb) in ra.trials.iter().zip(&rb.trials) {
+                let n = ta.per_sample.len();
+                let idx: Vec<usize> = (0..n).map(|_| (rng.next() % n as u64) as usize).collect();
+                match (ta.per_sample.score_of(&idx), tb.per_sample.score_of(&idx)) {
+                    (Some(x), Some(y)) => sum += y - x,
+                    _ => ok = false,
+                }
+            }
+            if ok {
+                diffs.push(sum / ra.trials.len() as f64);
+            }
+        }
+        if diffs.is_empty() {
+            return Err(format!(
+                "{} shots: no bootstrap resample has a defined score",
+                ra.shots
+            ));
+        }
+        diffs.sort_by(f64::total_cmp);
+        let at =
+            |q: f64| diffs[((q * (diffs.len() - 1) as f64).round() as usize).min(diffs.len() - 1)];
+        out.push(Comparison {
+            shots: ra.shots,
+            a: ra.mean,
+            b: rb.mean,
+            difference: rb.mean - ra.mean,
+            ci95: (at(0.025), at(0.975)),
+            resamples: diffs.len(),
+        });
+    }
+    Ok(out)
 }

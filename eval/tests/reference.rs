@@ -1,9 +1,10 @@
 //! The metrics and post-processing against what the reference code gave on
 //! the same inputs (`eval/reference/metrics.py` wrote `data/metrics.json`:
 //! open_flamingo 2.0.1's `vqa_metric.py`, pycocoevalcap 1.2 with Stanford
-//! CoreNLP 3.4.1's PTBTokenizer).
+//! CoreNLP 3.4.1's PTBTokenizer, scikit-learn's `roc_auc_score`, the
+//! prompt methods of open_flamingo 2.0.1's eval model).
 
-use flamingo_eval::{cider, prompt, ptb, vqa};
+use flamingo_eval::{cider, classify, prompt, ptb, vqa};
 use serde_json::Value;
 
 fn reference() -> Value {
@@ -156,4 +157,83 @@ fn post_processing_and_prompts_equal_open_flamingo() {
         "<image>Output:A dog.<|endofchunk|>"
     );
     assert_eq!(prompt::caption(None), "<image>Output:");
+}
+
+#[test]
+fn roc_auc_equals_scikit_learn() {
+    let r = reference();
+    let cases = r["roc_auc"]["cases"].as_array().unwrap();
+    assert!(cases.len() >= 50);
+    for (k, c) in cases.iter().enumerate() {
+        let labels: Vec<bool> = c["labels"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l.as_bool().unwrap())
+            .collect();
+        let scores: Vec<f64> = c["scores"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s.as_f64().unwrap())
+            .collect();
+        let auc = classify::roc_auc(&labels, &scores).unwrap();
+        let want = c["auc"].as_f64().unwrap();
+        assert!((auc - want).abs() < 1e-12, "case {k}: {auc} vs {want}");
+    }
+}
+
+#[test]
+fn hateful_memes_auc_equals_evaluate_classification() {
+    let r = reference();
+    let classes = classify::HATEFUL_MEMES_CLASSES.map(String::from);
+    for (k, c) in r["roc_auc"]["hateful_memes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .enumerate()
+    {
+        let labels: Vec<bool> = c["labels"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l.as_bool().unwrap())
+            .collect();
+        let scores: Vec<f64> = c["logprobs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|lp| {
+                let lp: Vec<f64> = lp
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|x| x.as_f64().unwrap())
+                    .collect();
+                classify::positive_probability(&lp, &classes)
+            })
+            .collect();
+        let auc = classify::roc_auc(&labels, &scores).unwrap();
+        let want = c["auc"].as_f64().unwrap();
+        assert!((auc - want).abs() < 1e-12, "case {k}: {auc} vs {want}");
+    }
+}
+
+#[test]
+fn prompts_equal_the_eval_models() {
+    let r = reference();
+    let cases = r["prompts"].as_array().unwrap();
+    assert!(cases.len() >= 30);
+    for c in cases {
+        let text = str_of(c, "text");
+        let label = c["label"].as_str();
+        let got = match str_of(c, "fn") {
+            "vqa" => prompt::vqa(text, label),
+            "hateful_memes" => prompt::hateful_memes(text, label),
+            "caption" => prompt::caption(label),
+            "imagenet" => prompt::imagenet(label),
+            f => panic!("unknown prompt function {f}"),
+        };
+        assert_eq!(got, str_of(c, "prompt"), "{c}");
+    }
 }

@@ -197,6 +197,17 @@ impl Model {
     }
 
     /// An empty cache for `batch` rows.
+    /// Whether one decoder call takes several new tokens for several rows
+    /// over a non-empty cache (ONNX Runtime's `GroupQueryAttention`, the
+    /// in-place cache update, takes them one row at a time).
+    pub fn steps_rows_over_cache(&self) -> bool {
+        self.manifest
+            .graphs
+            .get(&GraphRole::Decoder)
+            .and_then(|g| g.kv_update)
+            != Some(KvUpdate::InPlace)
+    }
+
     pub fn empty_cache(&self, batch: usize) -> KvCache {
         let d = &self.manifest.model.decoder;
         let z = || ArrayD::<f32>::zeros(IxDyn(&[batch, d.kv_heads, 0, d.head_dim]));

@@ -699,6 +699,116 @@ impl Pipeline {
     }
 }
 
+/// Bytes of a prefix's KV cache the rows of one [`Pipeline::score_classes`]
+/// call may hold together (the prefix repeated once per row).
+const CLASS_CACHE_BYTES: usize = 512 << 20;
+
+/// Most class names scored per decoder call.
+const CLASS_CHUNK: usize = 32;
+
+impl Pipeline {
+    /// Close-ended scoring as OpenFlamingo's eval ranks classes
+    /// (`get_rank_classifications`): each candidate is tokenized apart from
+    /// the prompt, without special tokens, and appended to the prompt's
+    /// tokens; its log-probabilities are read after a prefix that runs
+    /// through the decoder once, its KV cache then shared by every
+    /// candidate (a chunk of candidates per decoder call, as many as fit
+    /// in 512 MB of repeated cache).
+    pub fn score_classes(
+        &mut self,
+        prompt: &str,
+        media: &[Media],
+        candidates: &[String],
+    ) -> Result<Vec<CandidateScore>> {
+        if candidates.is_empty() {
+            return Err(Error::Input("no candidates to score".into()));
+        }
+        if candidates.len() > self.model.limits.max_candidates {
+            return Err(Error::Input(format!(
+                "{} candidates, more than --max-candidates {}",
+                candidates.len(),
+                self.model.limits.max_candidates
+            )));
+        }
+        let prefix = self.prompt_ids(prompt, media.len())?;
+        let mut conts = Vec::with_capacity(candidates.len());
+        for c in candidates {
+            let ids = self.tokenizer.encode_plain(c)?;
+            if ids.is_empty() {
+                return Err(Error::Input(format!("candidate {c:?} has no tokens")));
+            }
+            self.check_context(prefix.len() + ids.len())?;
+            conts.push(ids);
+        }
+        let kv = self.media_kv(media)?;
+        let Padded { mut step, kv } = self.pad_rows(&[&prefix], &[&kv])?;
+        step.keep = 1;
+        let mut cache = self.model.empty_cache(1);
+        let first = self.model.decode(&step, &kv, &mut cache)?;
+        let first = search::log_softmax(
+            first
+                .as_slice()
+                .ok_or_else(|| Error::Input("the decoder's logits are not contiguous".into()))?,
+        );
+        let n_media = step.media_time[[0, prefix.len() - 1]];
+        let d = &self.model.manifest.model.decoder;
+        let row_bytes = 8 * d.num_layers * d.kv_heads * d.head_dim * prefix.len();
+        let rows = (CLASS_CACHE_BYTES / row_bytes.max(1)).clamp(1, CLASS_CHUNK);
+        let multi = self.model.steps_rows_over_cache();
+        let mut out = Vec::with_capacity(candidates.len());
+        for (chunk, texts) in conts.chunks(rows).zip(candidates.chunks(rows)) {
+            let b = chunk.len();
+            let l = chunk.iter().map(Vec::len).max().unwrap_or(1);
+            // log-probabilities of each row's tokens: the first from the
+            // prefix's logits, token j from position j - 1 of the chunk's
+            let mut lp: Vec<f32> = chunk.iter().map(|r| first[r[0] as usize]).collect();
+            if l > 1 {
+                let mut c = cache.select(&vec![0; b])?;
+                let kvb = kv.select(&vec![0; b]);
+                // rows shorter than the longest are padded after their end:
+                // causal attention keeps the padding out of their scores
+                let ids = Array2::from_shape_fn((b, l - 1), |(i, j)| {
+                    chunk[i].get(j).copied().unwrap_or(0) as i64
+                });
+                let width = if multi { l - 1 } else { 1 };
+                for s0 in (0..l - 1).step_by(width) {
+                    let past = prefix.len() + s0;
+                    let step = Step {
+                        input_ids: ids.slice(ndarray::s![.., s0..s0 + width]).to_owned(),
+                        attention_mask: Array2::ones((b, past + width)),
+                        position_ids: Array2::from_shape_fn((b, width), |(_, j)| (past + j) as i64),
+                        media_time: Array2::from_elem((b, width), n_media),
+                        keep: width,
+                    };
+                    let logits = self.model.decode(&step, &kvb, &mut c)?;
+                    for (i, row) in chunk.iter().enumerate() {
+                        for j in 0..width {
+                            let Some(&tok) = row.get(s0 + j + 1) else {
+                                break;
+                            };
+                            let lg: Vec<f32> = logits
+                                .index_axis(Axis(0), i)
+                                .index_axis(Axis(0), j)
+                                .iter()
+                                .copied()
+                                .collect();
+                            lp[i] += search::log_softmax(&lg)[tok as usize];
+                        }
+                    }
+                }
+            }
+            for ((row, text), sum) in chunk.iter().zip(texts).zip(lp) {
+                out.push(CandidateScore {
+                    text: text.clone(),
+                    logprob_sum: sum,
+                    num_tokens: row.len(),
+                });
+            }
+        }
+        Ok(out)
+    }
+}
+
 /// Stacks per-row media K/V (each `[1, H, T_i*n, Dh]`) into a batch,
 /// zero-padding rows with fewer media (those latents are never attended).
 fn stack_media(rows: &[&MediaKv]) -> Result<MediaKv> {

@@ -38,6 +38,17 @@ impl Tokenizer {
         Ok(enc.get_ids().to_vec())
     }
 
+    /// Token ids of `text` without the special tokens the post-processor
+    /// adds (`tokenizer(text, add_special_tokens=False)`): a continuation
+    /// tokenized apart from its prompt.
+    pub fn encode_plain(&self, text: &str) -> Result<Vec<u32>> {
+        let fail = |e: String| Error::Input(format!("tokenizing {text:?}: {e}"));
+        let enc = flamingo_contract::tokenizer::unpanicked(|| self.inner.encode(text, false))
+            .map_err(fail)?
+            .map_err(|e| fail(e.to_string()))?;
+        Ok(enc.get_ids().to_vec())
+    }
+
     /// Text of `ids`, special tokens skipped.
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
         let fail = |e: String| Error::Input(format!("decoding {ids:?}: {e}"));

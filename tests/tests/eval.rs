@@ -1,13 +1,14 @@
 //! `flamingo eval` end to end on tiny datasets built from the fixture
 //! images in the published formats (VQAv2 questions/annotations, a
-//! Karpathy JSON), on both backends; and its errors on bad data.
+//! Karpathy JSON, HatefulMemes JSON lines, an ImageNet class-folder tree),
+//! on both backends; `--compare`'s bootstrap; and its errors on bad data.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::Result;
 use flamingo_eval::data::{self, Task};
-use flamingo_eval::run::{evaluate, Settings};
-use flamingo_eval::{cider, vqa};
+use flamingo_eval::run::{compare, evaluate, PerSample, Settings, ShotResult, Trial};
+use flamingo_eval::{cider, classify, vqa};
 use flamingo_runtime::Pipeline;
 use flamingo_tests::*;
 use serde_json::{json, Value};
@@ -87,6 +88,7 @@ fn vqa_eval_gives_the_same_predictions_on_both_backends() -> Result<()> {
             Task::VqaV2,
             &train,
             &test,
+            None,
             &settings(vec![0, 2]),
             &mut |_, _| calls += 1,
         )
@@ -156,6 +158,7 @@ fn captioning_eval_gives_the_same_predictions_on_both_backends() -> Result<()> {
                 Task::Flickr30k,
                 &train,
                 &test,
+                None,
                 &settings(vec![2]),
                 &mut |_, _| {},
             )
@@ -227,6 +230,7 @@ fn bad_data_is_a_clear_error_naming_the_file_and_entry() -> Result<()> {
         Task::VqaV2,
         &samples,
         &samples[..1],
+        None,
         &settings(vec![4]),
         &mut |_, _| {},
     )
@@ -242,6 +246,7 @@ fn bad_data_is_a_clear_error_naming_the_file_and_entry() -> Result<()> {
         Task::VqaV2,
         &samples,
         &samples[1..2],
+        None,
         &settings(vec![0]),
         &mut |_, _| {},
     )
@@ -251,10 +256,356 @@ fn bad_data_is_a_clear_error_naming_the_file_and_entry() -> Result<()> {
         e.contains("COCO_train2014_000000000002.jpg") && e.contains("test sample 21"),
         "{e}"
     );
-    // tasks not implemented say so
-    assert!(Task::parse("okvqa")
-        .unwrap_err()
-        .contains("not implemented yet"));
+    // OK-VQA says why it is not available
+    assert!(Task::parse("okvqa").unwrap_err().contains("NLTK"));
     assert!(Task::parse("nope").unwrap_err().contains("unknown task"));
+    Ok(())
+}
+
+/// HatefulMemes JSON lines over the fixture images: `{"id", "img", "label",
+/// "text"}`, `img` as `img/NNNNN.png` (the images lie in `dir`).
+fn memes(dir: &Path, name: &str, ids: &[u64]) -> Result<PathBuf> {
+    let mut lines = String::new();
+    for (k, &id) in ids.iter().enumerate() {
+        let file = format!("{id:05}.png");
+        std::fs::copy(
+            fixture("tiny-mpt").join(format!("images/img{}.png", id % 4)),
+            dir.join(&file),
+        )?;
+        let text = ["it's", "look", "no", "\"a\""][k % 4];
+        let v =
+            json!({"id": id, "img": format!("img/{file}"), "label": (k % 2) as u64, "text": text});
+        lines += &format!("{v}\n");
+    }
+    let path = dir.join(name);
+    std::fs::write(&path, lines)?;
+    Ok(path)
+}
+
+fn same_on_both_backends(runs: &[Vec<ShotResult>]) {
+    for (a, b) in runs[0].iter().zip(&runs[1]) {
+        assert_eq!(a.shots, b.shots);
+        for (ta, tb) in a.trials.iter().zip(&b.trials) {
+            assert_eq!(ta.predictions.len(), tb.predictions.len());
+            for (pa, pb) in ta.predictions.iter().zip(&tb.predictions) {
+                assert_eq!(pa["id"], pb["id"]);
+                assert_eq!(pa["label"], pb["label"], "{} shots", a.shots);
+                let (sa, sb) = (
+                    pa["scores"].as_array().unwrap(),
+                    pb["scores"].as_array().unwrap(),
+                );
+                for (x, y) in sa.iter().zip(sb) {
+                    let (x, y) = (x.as_f64().unwrap(), y.as_f64().unwrap());
+                    assert!((x - y).abs() <= 1e-3 * x.abs().max(1.0), "{x} vs {y}");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn hateful_memes_eval_scores_its_classes_alike_on_both_backends() -> Result<()> {
+    let root = tempfile::tempdir()?;
+    let img = root.path().join("img");
+    std::fs::create_dir_all(&img)?;
+    let train = memes(&img, "train.jsonl", &[1, 2, 3, 4, 5, 6])?;
+    let test = memes(&img, "dev.jsonl", &[11, 12, 13, 14])?;
+    let train = data::hateful_memes(&img, &train).map_err(anyhow::Error::msg)?;
+    let test = data::hateful_memes(&img, &test).map_err(anyhow::Error::msg)?;
+    assert_eq!(test[1].answers, ["yes"]);
+    assert_eq!(test[1].image, img.join("00012.png"));
+    let classes = classify::HATEFUL_MEMES_CLASSES.map(String::from);
+    let model = exported("tiny-mpt")?;
+    let mut runs = Vec::new();
+    for backend in BACKENDS {
+        let mut p = Pipeline::load(&model, backend)?;
+        let r = evaluate(
+            &mut p,
+            Task::HatefulMemes,
+            &train,
+            &test,
+            Some(&classes),
+            // the tiny model's 128 positions hold one demonstration of
+            // this prompt (0 shots would be two): the 0-shot path is
+            // ImageNet's test
+            &settings(vec![1]),
+            &mut |_, _| {},
+        )
+        .map_err(anyhow::Error::msg)?;
+        runs.push(r);
+    }
+    same_on_both_backends(&runs);
+    for r in &runs[0] {
+        for t in &r.trials {
+            // the score is the ROC-AUC of the predictions' yes-probabilities
+            let (labels, scores): (Vec<bool>, Vec<f64>) = t
+                .predictions
+                .iter()
+                .map(|p| {
+                    let q = test.iter().find(|q| q.id == p["id"]).unwrap();
+                    let sc: Vec<f64> = p["scores"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|x| x.as_f64().unwrap())
+                        .collect();
+                    assert_eq!(sc.len(), 2);
+                    assert_eq!(p["label"], classes[classify::top_k(&sc, 1)[0]]);
+                    (
+                        q.answers[0] == "yes",
+                        classify::positive_probability(&sc, &classes),
+                    )
+                })
+                .unzip();
+            let auc = 100.0 * classify::roc_auc(&labels, &scores).map_err(anyhow::Error::msg)?;
+            assert!((auc - t.score).abs() < 1e-9, "{auc} vs {}", t.score);
+        }
+    }
+    // the scores are those of Pipeline::score_classes on the prompt
+    let mut p = Pipeline::load(&model, BACKENDS[0])?;
+    let t = &runs[0][0].trials[0];
+    let q = test
+        .iter()
+        .find(|q| q.id == t.predictions[0]["id"])
+        .unwrap();
+    let demo_free = format!(
+        "{}{}",
+        flamingo_eval::prompt::hateful_memes(&train[0].text, Some("no")),
+        flamingo_eval::prompt::hateful_memes(&q.text, None)
+    );
+    let got = p.score_classes(
+        &demo_free.replacen("<image>", "", 1),
+        &[flamingo_runtime::Media::Image(q.image.clone())],
+        &classes,
+    )?;
+    assert_eq!(got.len(), 2);
+    assert!(got.iter().all(|c| c.logprob_sum < 0.0 && c.num_tokens >= 1));
+    Ok(())
+}
+
+#[test]
+fn imagenet_eval_gives_top1_and_top5_alike_on_both_backends() -> Result<()> {
+    let root = tempfile::tempdir()?;
+    let classes: Vec<String> = [
+        "tench",
+        "goldfish",
+        "great white shark",
+        "tiger shark",
+        "hammerhead shark",
+        "electric ray",
+    ]
+    .map(String::from)
+    .to_vec();
+    for split in ["train", "val"] {
+        for (c, wnid) in [
+            "n01440764",
+            "n01443537",
+            "n01484850",
+            "n01491361",
+            "n01494475",
+            "n01496331",
+        ]
+        .iter()
+        .enumerate()
+        {
+            let dir = root.path().join(split).join(wnid);
+            std::fs::create_dir_all(&dir)?;
+            let n = if split == "train" {
+                2
+            } else {
+                usize::from(c < 3)
+            };
+            for k in 0..n {
+                std::fs::copy(
+                    fixture("tiny-mpt").join(format!("images/img{}.png", (c + k) % 4)),
+                    dir.join(format!("{wnid}_{k}.JPEG")),
+                )?;
+            }
+            std::fs::write(dir.join("notes.txt"), "not an image")?;
+        }
+    }
+    let train =
+        data::image_folder(&root.path().join("train"), &classes).map_err(anyhow::Error::msg)?;
+    let test =
+        data::image_folder(&root.path().join("val"), &classes).map_err(anyhow::Error::msg)?;
+    assert_eq!((train.len(), test.len()), (12, 3));
+    assert_eq!(train[2].answers, ["goldfish"]);
+    assert_eq!(train[2].id, json!(2));
+    let model = exported("tiny-mpt")?;
+    let mut runs = Vec::new();
+    for backend in BACKENDS {
+        let mut p = Pipeline::load(&model, backend)?;
+        runs.push(
+            evaluate(
+                &mut p,
+                Task::ImageNet,
+                &train,
+                &test,
+                Some(&classes),
+                &settings(vec![0, 2]),
+                &mut |_, _| {},
+            )
+            .map_err(anyhow::Error::msg)?,
+        );
+    }
+    same_on_both_backends(&runs);
+    for r in &runs[0] {
+        for t in &r.trials {
+            let (mut top1, mut top5) = (0.0, 0.0);
+            for p in &t.predictions {
+                let q = &test[p["id"].as_u64().unwrap() as usize];
+                let sc: Vec<f64> = p["scores"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|x| x.as_f64().unwrap())
+                    .collect();
+                assert_eq!(sc.len(), 6);
+                let top = classify::top_k(&sc, 5);
+                top1 += f64::from(classes[top[0]] == q.answers[0]);
+                top5 += f64::from(top.iter().any(|&i| classes[i] == q.answers[0]));
+            }
+            assert!((100.0 * top1 / 3.0 - t.score).abs() < 1e-9);
+            assert!((100.0 * top5 / 3.0 - t.top5.unwrap()).abs() < 1e-9);
+        }
+        let j = r.to_json(Task::ImageNet);
+        assert_eq!(j["top5"].as_array().unwrap().len(), 2);
+    }
+    // a tree whose folders do not match the class names
+    let e = data::image_folder(&root.path().join("val"), &classes[..5]).unwrap_err();
+    assert!(e.contains("6 class folders for 5 class names"), "{e}");
+    Ok(())
+}
+
+fn trial(seed: u64, per: PerSample) -> Trial {
+    let n = per.len();
+    Trial {
+        seed,
+        score: per.score_of(&(0..n).collect::<Vec<_>>()).unwrap(),
+        top5: None,
+        predictions: (0..n).map(|i| json!({"question_id": i})).collect(),
+        per_sample: per,
+    }
+}
+
+fn shot(shots: usize, trials: Vec<Trial>) -> ShotResult {
+    let mean = trials.iter().map(|t| t.score).sum::<f64>() / trials.len() as f64;
+    ShotResult {
+        shots,
+        trials,
+        mean,
+        std: 0.0,
+    }
+}
+
+#[test]
+fn compare_bootstraps_the_paired_difference() -> Result<()> {
+    // b is a plus 10 on every sample: every resample differs by 10
+    let a: Vec<f64> = (0..50).map(|i| (i * 37 % 100) as f64).collect();
+    let b: Vec<f64> = a.iter().map(|x| x + 10.0).collect();
+    let c = compare(
+        &[shot(4, vec![trial(1, PerSample::Mean(a.clone()))])],
+        &[shot(4, vec![trial(1, PerSample::Mean(b))])],
+        500,
+        7,
+    )
+    .map_err(anyhow::Error::msg)?;
+    assert_eq!(c.len(), 1);
+    assert!((c[0].difference - 10.0).abs() < 1e-9);
+    assert!((c[0].ci95.0 - 10.0).abs() < 1e-9 && (c[0].ci95.1 - 10.0).abs() < 1e-9);
+    assert_eq!(c[0].resamples, 500);
+    // a noisy difference: the interval holds it, and is wider than zero
+    let b: Vec<f64> = a
+        .iter()
+        .enumerate()
+        .map(|(i, x)| x + [-20.0, 30.0][i % 2])
+        .collect();
+    let c = compare(
+        &[shot(
+            0,
+            vec![
+                trial(1, PerSample::Mean(a.clone())),
+                trial(2, PerSample::Mean(a.clone())),
+            ],
+        )],
+        &[shot(
+            0,
+            vec![
+                trial(1, PerSample::Mean(b.clone())),
+                trial(2, PerSample::Mean(b)),
+            ],
+        )],
+        1000,
+        7,
+    )
+    .map_err(anyhow::Error::msg)?;
+    let (lo, hi) = c[0].ci95;
+    assert!((c[0].difference - 5.0).abs() < 1e-9);
+    assert!(lo < 5.0 && 5.0 < hi && hi - lo > 1.0, "{lo} {hi}");
+    // an AUC: resamples recompute it
+    let pairs: Vec<(bool, f64)> = (0..40).map(|i| (i % 2 == 0, (i % 7) as f64)).collect();
+    let better: Vec<(bool, f64)> = pairs.iter().map(|&(l, s)| (l, s + f64::from(l))).collect();
+    let c = compare(
+        &[shot(2, vec![trial(3, PerSample::Auc(pairs))])],
+        &[shot(2, vec![trial(3, PerSample::Auc(better))])],
+        300,
+        7,
+    )
+    .map_err(anyhow::Error::msg)?;
+    assert!(c[0].difference > 0.0 && c[0].ci95.0 >= 0.0, "{:?}", c[0]);
+    // different samples are refused
+    let e = compare(
+        &[shot(2, vec![trial(3, PerSample::Mean(a.clone()))])],
+        &[shot(2, vec![trial(3, PerSample::Mean(a[..10].to_vec()))])],
+        10,
+        7,
+    )
+    .unwrap_err();
+    assert!(e.contains("different samples"), "{e}");
+    Ok(())
+}
+
+#[test]
+fn classification_data_errors_name_the_file_and_line() -> Result<()> {
+    let root = tempfile::tempdir()?;
+    let bad = root.path().join("train.jsonl");
+    for (text, needle) in [
+        ("{\"questions\": []}\n", "line 1: no `img`"),
+        (
+            "{\"id\": 1, \"img\": \"img/1.png\", \"label\": 2, \"text\": \"x\"}\n",
+            "line 1: `label` must be 0 or 1",
+        ),
+        (
+            "\n{\"id\": 1, \"img\": \"..\", \"label\": 0, \"text\": \"x\"}\n",
+            "line 2: `img` \"..\" names no file",
+        ),
+        ("not json\n", "line 1: not a JSON object"),
+        ("", "no samples"),
+    ] {
+        std::fs::write(&bad, text)?;
+        let e = data::hateful_memes(root.path(), &bad).unwrap_err();
+        assert!(e.contains("train.jsonl") && e.contains(needle), "{e}");
+    }
+    // a listed meme whose image is missing
+    std::fs::write(
+        &bad,
+        "{\"id\": 9, \"img\": \"img/9.png\", \"label\": 1, \"text\": \"x\"}\n",
+    )?;
+    let s = data::hateful_memes(root.path(), &bad).map_err(anyhow::Error::msg)?;
+    let mut p = Pipeline::load(&exported("tiny-mpt")?, BACKENDS[0])?;
+    let classes = classify::HATEFUL_MEMES_CLASSES.map(String::from);
+    let e = evaluate(
+        &mut p,
+        Task::HatefulMemes,
+        &s,
+        &s,
+        Some(&classes),
+        &settings(vec![0]),
+        &mut |_, _| {},
+    )
+    .unwrap_err();
+    assert!(e.contains("9.png") && e.contains("missing"), "{e}");
+    let e = data::image_folder(&root.path().join("nope"), &classes).unwrap_err();
+    assert!(e.contains("nope"), "{e}");
     Ok(())
 }

@@ -47,6 +47,7 @@ golden!([tiny_mpt = "tiny-mpt", tiny_neox = "tiny-neox", tiny_llama = "tiny-llam
      tiny_mosaic = "tiny-mosaic"]
     greedy_and_beam_outputs_equal_the_reference,
     candidate_log_probabilities_match_the_reference,
+    class_scores_over_a_shared_prefix_match_the_reference,
     a_left_padded_batch_with_different_media_counts_equals_the_reference);
 golden!([tiny_llama = "tiny-llama"] sampling_is_reproducible_and_degenerates_to_greedy);
 
@@ -109,6 +110,58 @@ fn candidate_log_probabilities_match_the_reference(fx: &str, backend: BackendKin
             s.logprob_sum
         );
     }
+    Ok(())
+}
+
+/// [`Pipeline::score_classes`] runs the prompt once and its candidates
+/// over the shared cache, tokenized apart as OpenFlamingo's classification
+/// does; where that tokenization is the joint one, the sums are the
+/// reference's.
+fn class_scores_over_a_shared_prefix_match_the_reference(
+    fx: &str,
+    backend: BackendKind,
+) -> Result<()> {
+    let mut p = Pipeline::load(&exported(fx)?, backend)?;
+    let case = &named_case(fx, "scoring")?;
+    let prompt = case["prompt"].as_str().context("prompt")?;
+    let cands: Vec<String> = case["candidates"]
+        .as_array()
+        .context("candidates")?
+        .iter()
+        .filter_map(|c| c.as_str().map(String::from))
+        .collect();
+    let media: Vec<Media> = indices(&case["images"])
+        .into_iter()
+        .map(|i| image(fx, i))
+        .collect();
+    let scores = p.score_classes(prompt, &media, &cands)?;
+    let sums = case["candidate_logprob_sums"].as_array().context("sums")?;
+    let prefix = p.tokenizer.encode(prompt)?;
+    let mut checked = 0;
+    for ((s, want), c) in scores.iter().zip(sums).zip(&cands) {
+        let apart = p.tokenizer.encode_plain(c)?;
+        assert_eq!(s.num_tokens, apart.len());
+        let joint = p.tokenizer.encode(&format!("{prompt}{c}"))?;
+        if joint != [prefix.clone(), apart].concat() {
+            continue;
+        }
+        let want = want.as_f64().context("sum")? as f32;
+        let err = (s.logprob_sum - want).abs();
+        eprintln!(
+            "classes {backend} {fx} {c:?}: {} vs {want} ({err:.2e})",
+            s.logprob_sum
+        );
+        assert!(
+            err <= tolerance::SCORE_ABS || err <= tolerance::SCORE_REL * want.abs(),
+            "{backend} {fx} {c:?}: {} vs {want}",
+            s.logprob_sum
+        );
+        checked += 1;
+    }
+    assert!(
+        checked >= 2,
+        "{fx}: {checked} candidates tokenize alike apart and joined"
+    );
     Ok(())
 }
 

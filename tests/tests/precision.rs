@@ -408,6 +408,20 @@ fn ort_fusions_equal_the_unfused_decoder() -> Result<()> {
                 "{fx}: {x:?} vs {y:?}"
             );
         }
+        // class scoring over the shared prefix: several tokens per row over
+        // the cache on the plain decoder, a token per step on the fused
+        // one when its cache is updated in place
+        let (ca, cb) = (
+            pa.score_classes(&r.prompt, &r.media, &cands)?,
+            pb.score_classes(&r.prompt, &r.media, &cands)?,
+        );
+        for (x, y) in ca.iter().zip(&cb) {
+            assert_eq!(x.num_tokens, y.num_tokens);
+            assert!(
+                (x.logprob_sum - y.logprob_sum).abs() <= 1e-3,
+                "{fx} classes: {x:?} vs {y:?}"
+            );
+        }
     }
     Ok(())
 }
