@@ -16,6 +16,7 @@ mod plot;
 mod progress;
 mod quantize;
 mod score;
+mod serve;
 
 use clap::{Parser, Subcommand};
 
@@ -52,8 +53,10 @@ enum Command {
     Generate(generate::Args),
     /// Score candidate continuations by the sum of their token log-probabilities.
     Score(score::Args),
-    /// Few-shot benchmarks (VQA accuracy, captioning CIDEr-D) as OpenFlamingo's eval runs them.
+    /// Few-shot benchmarks (VQA, captioning, HatefulMemes, ImageNet) as OpenFlamingo's eval runs them.
     Eval(eval::Args),
+    /// An OpenAI-compatible HTTP server: continuous batching, streaming, media and prefix caches.
+    Serve(serve::Args),
 }
 
 /// SIGINT, SIGTERM and SIGHUP remove the outputs still being written
@@ -87,6 +90,7 @@ fn main() {
         Command::Generate(a) => generate::run(a),
         Command::Score(a) => score::run(a),
         Command::Eval(a) => eval::run(a),
+        Command::Serve(a) => serve::run(a),
     };
     if let Err(e) = result {
         eprintln!("error: {}", describe(&e));

@@ -12,6 +12,16 @@ pub struct MediaCache {
     bytes: usize,
     budget: usize,
     clock: u64,
+    hits: u64,
+    misses: u64,
+}
+
+/// What a [`MediaCache`] has served.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MediaCacheStats {
+    pub hits: u64,
+    pub misses: u64,
+    pub bytes: usize,
 }
 
 impl MediaCache {
@@ -22,6 +32,8 @@ impl MediaCache {
             bytes: 0,
             budget,
             clock: 0,
+            hits: 0,
+            misses: 0,
         }
     }
 }
@@ -30,10 +42,22 @@ impl MediaCache {
     pub fn get(&mut self, k: &[u8; 32]) -> Option<ArrayD<f32>> {
         self.clock += 1;
         let c = self.clock;
-        self.entries.get_mut(k).map(|e| {
+        let hit = self.entries.get_mut(k).map(|e| {
             e.1 = c;
             e.0.clone()
-        })
+        });
+        match hit {
+            Some(_) => self.hits += 1,
+            None => self.misses += 1,
+        }
+        hit
+    }
+    pub fn stats(&self) -> MediaCacheStats {
+        MediaCacheStats {
+            hits: self.hits,
+            misses: self.misses,
+            bytes: self.bytes,
+        }
     }
     pub fn put(&mut self, k: [u8; 32], v: ArrayD<f32>) {
         let size = v.len() * 4;

@@ -20,6 +20,8 @@ use crate::search::{self, GenerateOptions, Search};
 use crate::tokenizer::Tokenizer;
 use crate::{Error, Result};
 
+pub mod continuous;
+
 /// One generation request: a prompt with `<image>` markers and its media, in order.
 #[derive(Clone, Debug, Default)]
 pub struct Request {
@@ -187,6 +189,11 @@ impl Pipeline {
         })
     }
 
+    /// Hits, misses and bytes of the media cache.
+    pub fn media_cache_stats(&self) -> crate::media_cache::MediaCacheStats {
+        self.cache.stats()
+    }
+
     /// Bounds the media cache (0 disables it).
     pub fn set_media_cache_bytes(&mut self, bytes: usize) {
         self.cache = MediaCache::new(bytes);
@@ -219,13 +226,14 @@ impl Pipeline {
         Ok(())
     }
 
-    /// Vision tokens `[P, D]` of one image file, from the cache or computed.
-    fn frame_tokens(&mut self, path: &Path) -> Result<ArrayD<f32>> {
+    /// Vision tokens `[P, D]` of one image file, from the cache or
+    /// computed, and the hash of the file's content they are cached by.
+    fn frame_tokens(&mut self, path: &Path) -> Result<(ArrayD<f32>, [u8; 32])> {
         let limits = self.model.limits;
         let bytes = crate::limits::read_media(path, &limits)?;
         let key: [u8; 32] = Sha256::digest(&bytes).into();
         if let Some(t) = self.cache.get(&key) {
-            return Ok(t);
+            return Ok((t, key));
         }
         let img = decode_image_within(&bytes, limits.max_image_pixels).map_err(|message| {
             Error::BadImage {
@@ -239,7 +247,7 @@ impl Pipeline {
             .vision_tokens(px.into_dyn())?
             .index_axis_move(Axis(0), 0);
         self.cache.put(key, t.clone());
-        Ok(t)
+        Ok((t, key))
     }
 
     /// Latents `[1, T, n, D]` of a prompt's media.
@@ -249,14 +257,14 @@ impl Pipeline {
             if m.frames().is_empty() {
                 return Err(Error::Input("a video with no frames".into()));
             }
+            // an item's latents are cached by its frames' contents (not
+            // their paths: a server writes each request's images anew)
             let mut h = Sha256::new();
+            h.update(b"latents");
             let mut frames = Vec::new();
             for f in m.frames() {
-                let t = self.frame_tokens(f)?;
-                h.update(f.as_os_str().as_encoded_bytes());
-                for v in t.iter().take(16) {
-                    h.update(v.to_le_bytes());
-                }
+                let (t, key) = self.frame_tokens(f)?;
+                h.update(key);
                 frames.push(t);
             }
             per_item.push((frames, h.finalize().into()));

@@ -1,0 +1,433 @@
+//! Continuous batching: a decoder batch that requests join and leave
+//! between decode steps. Each row has its own past length: the rows are
+//! right-aligned, shorter ones left-padded (mask 0) in the KV cache, as a
+//! left-padded batch is; a joining request is prefilled alone (its prompt
+//! prefix from the [`PrefixCache`] when it has been seen), then its cache
+//! is padded to the batch's length (or the batch's to its) and stacked.
+//! Leaving rows are dropped and the columns no row attends any more are
+//! trimmed, so memory follows the rows that remain.
+
+use std::collections::VecDeque;
+
+use ndarray::{concatenate, s, Array2, ArrayD, Axis, IxDyn};
+use sha2::{Digest, Sha256};
+
+use super::{stack_media, Generation, Padded, Pipeline, Request, Sequence};
+use crate::decoder::{KvCache, MediaKv, Step};
+use crate::search::{self, Search};
+use crate::{Error, Result};
+
+/// A host KV cache: per layer, K and V `[batch, H, L, Dh]`.
+type Layers = Vec<(ArrayD<f32>, ArrayD<f32>)>;
+
+/// A request in the batch.
+struct Row {
+    id: u64,
+    search: Box<dyn Search>,
+    prompt_ids: Vec<u32>,
+    n_media: i64,
+    kv: MediaKv,
+    /// Report each token's log-probability and this many alternatives.
+    logprobs: Option<usize>,
+}
+
+/// A token's log-probability under the model (its raw logits'
+/// log-softmax) and the most likely tokens with theirs, most likely first.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TokenLogprob {
+    pub logprob: f32,
+    pub top: Vec<(u32, f32)>,
+}
+
+/// What one [`Pipeline::batch_step`] produced for a row.
+#[derive(Clone, Debug, PartialEq)]
+pub enum RowEvent {
+    /// A new token and its text (and its log-probability, when the row
+    /// asked for it: [`Batch::want_logprobs`]).
+    Token {
+        id: u64,
+        token: u32,
+        text: String,
+        logprob: Option<TokenLogprob>,
+    },
+    /// The row finished (stop token, its token budget, or cancelled).
+    Done { id: u64, generation: Generation },
+}
+
+/// Rows decoding together; see the module docs.
+#[derive(Default)]
+pub struct Batch {
+    rows: Vec<Row>,
+    /// `[rows, L]`: which cache positions each row attends.
+    mask: Array2<i64>,
+    /// Host KV cache `[rows, H, L, Dh]` per layer.
+    layers: Layers,
+    /// The next-token logits of each row, `[rows, vocab]`.
+    logits: Array2<f32>,
+    /// Rows to drop at the next step (cancelled by their client).
+    cancelled: Vec<u64>,
+    /// The rows' media K/V stacked, until the rows change.
+    kv: Option<MediaKv>,
+}
+
+impl Batch {
+    pub fn len(&self) -> usize {
+        self.rows.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+    /// The cache positions the batch holds (its longest row).
+    pub fn positions(&self) -> usize {
+        self.mask.ncols()
+    }
+    pub fn ids(&self) -> Vec<u64> {
+        self.rows.iter().map(|r| r.id).collect()
+    }
+    /// Row `id` reports each token's log-probability and its `top` most
+    /// likely alternatives.
+    pub fn want_logprobs(&mut self, id: u64, top: usize) {
+        if let Some(r) = self.rows.iter_mut().find(|r| r.id == id) {
+            r.logprobs = Some(top);
+        }
+    }
+
+    /// Marks a row to leave at the next step, its generation so far
+    /// returned as done.
+    pub fn cancel(&mut self, id: u64) {
+        self.cancelled.push(id);
+    }
+}
+
+/// Prompt prefixes' KV caches, kept across requests (least recently used
+/// out first, within a byte bound): a prefix is the prompt up to and
+/// including its last `<|endofchunk|>`, keyed by its tokens and the
+/// content hashes of the media it shows.
+pub struct PrefixCache {
+    max_bytes: usize,
+    bytes: usize,
+    entries: VecDeque<(Vec<u8>, Layers, usize)>,
+    pub hits: u64,
+    pub misses: u64,
+}
+
+impl PrefixCache {
+    pub fn new(max_bytes: usize) -> PrefixCache {
+        PrefixCache {
+            max_bytes,
+            bytes: 0,
+            entries: VecDeque::new(),
+            hits: 0,
+            misses: 0,
+        }
+    }
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+    fn get(&mut self, key: &[u8]) -> Option<Layers> {
+        let i = self.entries.iter().position(|e| e.0 == key)?;
+        let e = self.entries.remove(i)?;
+        let layers = e.1.clone();
+        self.entries.push_back(e);
+        Some(layers)
+    }
+    fn put(&mut self, key: Vec<u8>, layers: Layers) {
+        let size: usize = layers.iter().map(|(k, v)| 4 * (k.len() + v.len())).sum();
+        if size > self.max_bytes || self.entries.iter().any(|e| e.0 == key) {
+            return;
+        }
+        while self.bytes + size > self.max_bytes {
+            match self.entries.pop_front() {
+                Some(e) => self.bytes -= e.2,
+                None => break,
+            }
+        }
+        self.bytes += size;
+        self.entries.push_back((key, layers, size));
+    }
+}
+
+fn host_layers(cache: &mut KvCache) -> Result<Layers> {
+    cache.to_host()?;
+    Ok(cache.host_layers().unwrap_or(&[]).to_vec())
+}
+
+/// `t` `[b, H, L, Dh]` left-padded with zeros to `len` positions.
+fn pad_left(t: &ArrayD<f32>, len: usize) -> Result<ArrayD<f32>> {
+    let have = t.shape()[2];
+    if have >= len {
+        return Ok(t.clone());
+    }
+    let mut shape = t.shape().to_vec();
+    shape[2] = len - have;
+    concatenate(Axis(2), &[ArrayD::zeros(IxDyn(&shape)).view(), t.view()])
+        .map_err(|e| Error::Input(e.to_string()))
+}
+
+fn err(e: impl std::fmt::Display) -> Error {
+    Error::Input(e.to_string())
+}
+
+impl Pipeline {
+    /// Prefills `req` alone and adds it to `batch` as row `id`. Greedy and
+    /// sampling only: a beam search runs on its own
+    /// ([`Pipeline::generate_stream`]). With `prefixes`, the prompt's
+    /// prefix (up to its last `<|endofchunk|>`) comes from the cache when
+    /// it is there, and goes into it when not. Returns the prompt's length
+    /// in tokens.
+    pub fn batch_join(
+        &mut self,
+        batch: &mut Batch,
+        id: u64,
+        req: &Request,
+        prefixes: Option<&mut PrefixCache>,
+    ) -> Result<usize> {
+        if req.options.num_beams > 1 {
+            return Err(Error::Input(
+                "beam search does not join a running batch; run it alone".into(),
+            ));
+        }
+        let p = self.prepare(req)?;
+        let eoc = self.model.manifest.special_tokens.end_of_chunk;
+        let media_token = self.model.manifest.special_tokens.media;
+        // the prefix: through the last end-of-chunk before the prompt's end
+        let cut = p.ids[..p.ids.len() - 1]
+            .iter()
+            .rposition(|&t| t == eoc)
+            .map(|i| i + 1)
+            .unwrap_or(0);
+        let d = self.model.manifest.model.decoder.clone();
+        let mut cache = self.model.empty_cache(1);
+        let Padded { step, kv } = self.pad_rows(&[&p.ids], &[&p.kv])?;
+        let mut from = 0;
+        if let (Some(pc), true) = (prefixes, cut > 0) {
+            let n_prefix_media = p.ids[..cut].iter().filter(|&&t| t == media_token).count();
+            let mut h = Sha256::new();
+            for t in &p.ids[..cut] {
+                h.update(t.to_le_bytes());
+            }
+            for m in &req.media[..n_prefix_media] {
+                for f in m.frames() {
+                    let bytes = crate::limits::read_media(f, &self.model.limits)?;
+                    h.update(Sha256::digest(&bytes));
+                }
+            }
+            let key = h.finalize().to_vec();
+            match pc.get(&key) {
+                Some(layers) => {
+                    pc.hits += 1;
+                    cache = KvCache::new(layers);
+                }
+                None => {
+                    pc.misses += 1;
+                    let prefix = Step {
+                        input_ids: step.input_ids.slice(s![.., ..cut]).to_owned(),
+                        attention_mask: step.attention_mask.slice(s![.., ..cut]).to_owned(),
+                        position_ids: step.position_ids.slice(s![.., ..cut]).to_owned(),
+                        media_time: step.media_time.slice(s![.., ..cut]).to_owned(),
+                        keep: 1,
+                    };
+                    self.model.decode(&prefix, &kv, &mut cache)?;
+                    pc.put(key, host_layers(&mut cache)?);
+                }
+            }
+            from = cut;
+        }
+        let rest = Step {
+            input_ids: step.input_ids.slice(s![.., from..]).to_owned(),
+            attention_mask: step.attention_mask.clone(),
+            position_ids: step.position_ids.slice(s![.., from..]).to_owned(),
+            media_time: step.media_time.slice(s![.., from..]).to_owned(),
+            keep: 1,
+        };
+        let logits = self.model.decode(&rest, &kv, &mut cache)?;
+        let logits = logits
+            .into_shape_with_order((1, d.vocab_size))
+            .map_err(err)?;
+        let layers = host_layers(&mut cache)?;
+        let row = Row {
+            id,
+            search: search::search(&p.opts, &p.ids, &p.stop),
+            prompt_ids: p.ids.clone(),
+            n_media: p.n_media,
+            kv: p.kv,
+            logprobs: None,
+        };
+        let n = row.prompt_ids.len();
+        self.merge(batch, row, layers, step.attention_mask, logits)?;
+        Ok(n)
+    }
+
+    /// Stacks a prefilled row under the batch, padding the shorter side.
+    fn merge(
+        &mut self,
+        batch: &mut Batch,
+        row: Row,
+        layers: Layers,
+        mask: Array2<i64>,
+        logits: Array2<f32>,
+    ) -> Result<()> {
+        if batch.rows.is_empty() {
+            batch.rows.push(row);
+            batch.layers = layers;
+            batch.mask = mask;
+            batch.logits = logits;
+            return Ok(());
+        }
+        let len = batch.positions().max(mask.ncols());
+        let pad_mask = |m: &Array2<i64>| -> Result<Array2<i64>> {
+            let z = Array2::zeros((m.nrows(), len - m.ncols()));
+            concatenate(Axis(1), &[z.view(), m.view()]).map_err(err)
+        };
+        batch.mask = concatenate(
+            Axis(0),
+            &[pad_mask(&batch.mask)?.view(), pad_mask(&mask)?.view()],
+        )
+        .map_err(err)?;
+        let mut merged = Vec::with_capacity(layers.len());
+        for ((bk, bv), (k, v)) in batch.layers.iter().zip(&layers) {
+            let cat = |a: &ArrayD<f32>, b: &ArrayD<f32>| -> Result<ArrayD<f32>> {
+                concatenate(
+                    Axis(0),
+                    &[pad_left(a, len)?.view(), pad_left(b, len)?.view()],
+                )
+                .map_err(err)
+            };
+            merged.push((cat(bk, k)?, cat(bv, v)?));
+        }
+        batch.layers = merged;
+        batch.logits = concatenate(Axis(0), &[batch.logits.view(), logits.view()]).map_err(err)?;
+        batch.rows.push(row);
+        batch.kv = None;
+        Ok(())
+    }
+
+    /// One step of the batch: every row picks its next token from its
+    /// logits (`on_token` streams it; returning false cancels the row),
+    /// finished and cancelled rows leave, and the rest run one decoder
+    /// step together. Returns the rows' tokens and the finished rows.
+    pub fn batch_step(&mut self, batch: &mut Batch) -> Result<Vec<RowEvent>> {
+        let mut events = Vec::new();
+        let mut next = Vec::with_capacity(batch.rows.len());
+        let mut keep = Vec::with_capacity(batch.rows.len());
+        for (i, row) in batch.rows.iter_mut().enumerate() {
+            if batch.cancelled.contains(&row.id) {
+                keep.push(false);
+                next.push(0);
+                continue;
+            }
+            let logits = batch.logits.slice(s![i..i + 1, ..]);
+            let mut toks = Vec::new();
+            let d = row
+                .search
+                .step(logits, &mut |t| {
+                    toks.push(t);
+                    true
+                })
+                .map_err(Error::Input)?;
+            let lp = row.logprobs.map(|k| {
+                let lp = search::log_softmax(&logits.iter().copied().collect::<Vec<f32>>());
+                let mut top: Vec<u32> = (0..lp.len() as u32).collect();
+                let k = k.min(top.len());
+                if k > 0 {
+                    top.select_nth_unstable_by(k - 1, |&a, &b| {
+                        lp[b as usize].total_cmp(&lp[a as usize])
+                    });
+                }
+                top.truncate(k);
+                top.sort_by(|&a, &b| lp[b as usize].total_cmp(&lp[a as usize]).then(a.cmp(&b)));
+                (lp, top)
+            });
+            for t in toks {
+                events.push(RowEvent::Token {
+                    id: row.id,
+                    token: t,
+                    text: self.tokenizer.decode(&[t])?,
+                    logprob: lp.as_ref().map(|(lp, top)| TokenLogprob {
+                        logprob: lp[t as usize],
+                        top: top.iter().map(|&i| (i, lp[i as usize])).collect(),
+                    }),
+                });
+            }
+            next.push(d.tokens.first().copied().unwrap_or(0));
+            keep.push(!d.done);
+        }
+        batch.cancelled.clear();
+        // the rows that leave
+        let mut stay = Vec::new();
+        let rows = std::mem::take(&mut batch.rows);
+        for (i, (row, k)) in rows.into_iter().zip(&keep).enumerate() {
+            if *k {
+                stay.push(i);
+                batch.rows.push(row);
+            } else {
+                let sequences = row
+                    .search
+                    .finish()
+                    .into_iter()
+                    .map(|(ids, score)| {
+                        Ok(Sequence {
+                            text: self.tokenizer.decode(&ids)?,
+                            generated_ids: ids,
+                            score,
+                        })
+                    })
+                    .collect::<Result<_>>()?;
+                events.push(RowEvent::Done {
+                    id: row.id,
+                    generation: Generation {
+                        prompt_ids: row.prompt_ids,
+                        sequences,
+                    },
+                });
+            }
+        }
+        if stay.is_empty() {
+            *batch = Batch::default();
+            return Ok(events);
+        }
+        if stay.len() < keep.len() {
+            batch.kv = None;
+            batch.mask = batch.mask.select(Axis(0), &stay);
+            for (k, v) in &mut batch.layers {
+                *k = k.select(Axis(0), &stay);
+                *v = v.select(Axis(0), &stay);
+            }
+            // columns no remaining row attends
+            let first = (0..batch.mask.ncols())
+                .find(|&c| batch.mask.column(c).iter().any(|&m| m != 0))
+                .unwrap_or(0);
+            if first > 0 {
+                batch.mask = batch.mask.slice(s![.., first..]).to_owned();
+                for (k, v) in &mut batch.layers {
+                    *k = k.slice_axis(Axis(2), (first..).into()).to_owned();
+                    *v = v.slice_axis(Axis(2), (first..).into()).to_owned();
+                }
+            }
+        }
+        let next: Vec<u32> = stay.iter().map(|&i| next[i]).collect();
+        let b = batch.rows.len();
+        batch.mask =
+            concatenate(Axis(1), &[batch.mask.view(), Array2::ones((b, 1)).view()]).map_err(err)?;
+        if batch.kv.is_none() {
+            let kvs: Vec<&MediaKv> = batch.rows.iter().map(|r| &r.kv).collect();
+            batch.kv = Some(stack_media(&kvs)?);
+        }
+        let kv = batch.kv.as_ref().ok_or_else(|| err("no media K/V"))?;
+        let step = Step {
+            input_ids: Array2::from_shape_fn((b, 1), |(i, _)| next[i] as i64),
+            attention_mask: batch.mask.clone(),
+            position_ids: Array2::from_shape_fn((b, 1), |(i, _)| {
+                batch.mask.row(i).iter().sum::<i64>() - 1
+            }),
+            media_time: Array2::from_shape_fn((b, 1), |(i, _)| batch.rows[i].n_media),
+            keep: 1,
+        };
+        let mut cache = KvCache::new(std::mem::take(&mut batch.layers));
+        let logits = self.model.decode(&step, kv, &mut cache)?;
+        let vocab = logits.shape()[2];
+        batch.logits = logits.into_shape_with_order((b, vocab)).map_err(err)?;
+        batch.layers = host_layers(&mut cache)?;
+        Ok(events)
+    }
+}

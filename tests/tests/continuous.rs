@@ -1,0 +1,196 @@
+//! Continuous batching (`flamingo_runtime::pipeline::continuous`): a
+//! request's tokens are the same whether it ran alone or joined a busy
+//! batch whose rows have other past lengths and leave along the way
+//! (greedy: exact ids; seeded sampling too), on both backends; prompt
+//! prefixes from the prefix cache give the same tokens as prefilled ones.
+
+use std::collections::HashMap;
+
+use anyhow::Result;
+use flamingo_runtime::pipeline::continuous::{Batch, PrefixCache, RowEvent};
+use flamingo_runtime::{BackendKind, Pipeline, Request};
+use flamingo_tests::*;
+
+/// A finished row: its generated ids, and the tokens it streamed.
+type Finished = (Vec<u32>, Vec<u32>);
+
+/// Steps `batch` until it is empty, `joins[k]` joining before step `k`.
+fn drive(
+    p: &mut Pipeline,
+    mut joins: Vec<Vec<(u64, Request)>>,
+    mut prefixes: Option<&mut PrefixCache>,
+    max_seen: &mut usize,
+) -> Result<HashMap<u64, Finished>> {
+    let mut batch = Batch::default();
+    let mut out = HashMap::new();
+    let mut streamed: HashMap<u64, Vec<u32>> = HashMap::new();
+    joins.reverse();
+    let mut steps = 0;
+    while !batch.is_empty() || !joins.is_empty() {
+        if let Some(now) = joins.pop() {
+            for (id, r) in now {
+                p.batch_join(&mut batch, id, &r, prefixes.as_deref_mut())?;
+            }
+        }
+        *max_seen = (*max_seen).max(batch.len());
+        for e in p.batch_step(&mut batch)? {
+            match e {
+                RowEvent::Token { id, token, .. } => streamed.entry(id).or_default().push(token),
+                RowEvent::Done { id, generation } => {
+                    let s = streamed.remove(&id).unwrap_or_default();
+                    out.insert(id, (generation.sequences[0].generated_ids.clone(), s));
+                }
+            }
+        }
+        steps += 1;
+        assert!(steps < 10_000, "the batch never empties");
+    }
+    Ok(out)
+}
+
+fn requests(fx: &str, sampled: bool) -> Result<Vec<Request>> {
+    let mut reqs = held_out_requests(fx)?;
+    reqs.truncate(5);
+    for (i, r) in reqs.iter_mut().enumerate() {
+        // different budgets: rows leave at different steps
+        r.options.max_new_tokens = [9, 3, 6, 12, 4][i];
+        if sampled {
+            r.options.do_sample = true;
+            r.options.temperature = 0.9;
+            r.options.top_k = 20;
+            r.options.seed = 100 + i as u64;
+        }
+    }
+    Ok(reqs)
+}
+
+fn a_request_gives_the_same_tokens_alone_or_joining_a_busy_batch(
+    fx: &str,
+    backend: BackendKind,
+) -> Result<()> {
+    let mut p = Pipeline::load(&exported(fx)?, backend)?;
+    for sampled in [false, true] {
+        let reqs = requests(fx, sampled)?;
+        let alone: Vec<Vec<u32>> = reqs
+            .iter()
+            .map(|r| Ok(p.generate(r)?.sequences[0].generated_ids.clone()))
+            .collect::<Result<_>>()?;
+        // 0 and 1 start together; 2 joins after two steps (1 has left by
+        // the fourth), 3 and 4 later still
+        let joins = vec![
+            vec![(0, reqs[0].clone()), (1, reqs[1].clone())],
+            vec![],
+            vec![(2, reqs[2].clone())],
+            vec![],
+            vec![(3, reqs[3].clone())],
+            vec![],
+            vec![],
+            vec![(4, reqs[4].clone())],
+        ];
+        let mut most = 0;
+        let got = drive(&mut p, joins, None, &mut most)?;
+        assert!(most >= 3, "{fx}: at most {most} rows together");
+        for (i, want) in alone.iter().enumerate() {
+            let (ids, streamed) = &got[&(i as u64)];
+            assert_eq!(ids, want, "{backend} {fx} request {i} (sampled: {sampled})");
+            assert_eq!(streamed, ids, "{fx}: every token streamed once");
+        }
+    }
+    Ok(())
+}
+
+fn a_cached_prompt_prefix_gives_the_same_tokens(fx: &str, backend: BackendKind) -> Result<()> {
+    let mut p = Pipeline::load(&exported(fx)?, backend)?;
+    // few-shot prompts: their prefixes end at an <|endofchunk|>
+    let reqs: Vec<Request> = held_out_requests(fx)?
+        .into_iter()
+        .filter(|r| r.prompt.contains("<|endofchunk|>"))
+        .take(2)
+        .map(|mut r| {
+            r.options.max_new_tokens = 6;
+            r
+        })
+        .collect();
+    assert_eq!(reqs.len(), 2);
+    let mut cache = PrefixCache::new(64 << 20);
+    for r in &reqs {
+        let alone = p.generate(r)?.sequences[0].generated_ids.clone();
+        let mut most = 0;
+        // the first join fills the cache, the second (with a busy row) hits it
+        let first = drive(
+            &mut p,
+            vec![vec![(0, r.clone())]],
+            Some(&mut cache),
+            &mut most,
+        )?;
+        let second = drive(
+            &mut p,
+            vec![vec![(1, reqs[0].clone()), (2, r.clone())]],
+            Some(&mut cache),
+            &mut most,
+        )?;
+        assert_eq!(first[&0].0, alone, "{backend} {fx}: prefilled prefix");
+        assert_eq!(second[&2].0, alone, "{backend} {fx}: cached prefix");
+    }
+    assert!(cache.hits >= 3, "{fx}: {} hits", cache.hits);
+    assert_eq!(cache.misses, 2, "{fx}");
+    assert!(cache.bytes() > 0);
+    Ok(())
+}
+
+golden!([tiny_mpt = "tiny-mpt", tiny_neox = "tiny-neox", tiny_llama = "tiny-llama",
+     tiny_mosaic = "tiny-mosaic"]
+    a_request_gives_the_same_tokens_alone_or_joining_a_busy_batch,
+    a_cached_prompt_prefix_gives_the_same_tokens);
+
+#[test]
+fn a_cancelled_row_leaves_at_the_next_step_and_beams_are_refused() -> Result<()> {
+    let fx = "tiny-mpt";
+    let mut p = Pipeline::load(&exported(fx)?, BackendKind::Tract)?;
+    let reqs = requests(fx, false)?;
+    let mut batch = Batch::default();
+    p.batch_join(&mut batch, 7, &reqs[3], None)?;
+    p.batch_join(&mut batch, 8, &reqs[0], None)?;
+    p.batch_step(&mut batch)?;
+    batch.cancel(7);
+    let events = p.batch_step(&mut batch)?;
+    let done: Vec<u64> = events
+        .iter()
+        .filter_map(|e| match e {
+            RowEvent::Done { id, generation } => {
+                assert_eq!(generation.sequences[0].generated_ids.len(), 1);
+                Some(*id)
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(done, vec![7]);
+    assert_eq!(batch.ids(), vec![8]);
+    let mut beam = reqs[0].clone();
+    beam.options.num_beams = 2;
+    let e = p.batch_join(&mut batch, 9, &beam, None).unwrap_err();
+    assert!(e.to_string().contains("beam search"), "{e}");
+    Ok(())
+}
+
+/// The media cache keys an image by its content: a server writes each
+/// request's images to new files, and they must still hit.
+#[test]
+fn the_media_cache_goes_by_content_not_by_path() -> Result<()> {
+    use flamingo_runtime::Media;
+    let mut p = Pipeline::load(&exported("tiny-mpt")?, BackendKind::Tract)?;
+    let dir = tempfile::tempdir()?;
+    let (a, b) = (dir.path().join("a.png"), dir.path().join("b.png"));
+    for f in [&a, &b] {
+        std::fs::copy(fixture("tiny-mpt").join("images/img2.png"), f)?;
+    }
+    let la = p.latents(&[Media::Image(a)])?;
+    let s0 = p.media_cache_stats();
+    let lb = p.latents(&[Media::Image(b)])?;
+    let s1 = p.media_cache_stats();
+    assert_eq!(la, lb);
+    assert_eq!(s1.misses, s0.misses, "{s0:?} then {s1:?}");
+    assert!(s1.hits > s0.hits);
+    assert_eq!(s1.bytes, s0.bytes);
+    Ok(())
+}
