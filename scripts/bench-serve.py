@@ -7,7 +7,7 @@ Each client thread sends streamed chat requests one after another (a
 `--shots`-shot prompt and a query); `--shared` gives every request the same
 support examples (what the prefix and media caches serve), `--distinct`
 rotates the supports so few requests share them. Prints one JSON line per
-client count: requests/s, tokens/s, and p50/p99 of time to first token and
+client count: requests/s, tokens (streamed chunks)/s, and p50/p99 of time to first token and
 inter-token latency, in seconds.
 """
 
@@ -54,9 +54,11 @@ def messages(k):
 def one(k):
     t0 = time.perf_counter()
     first, last, gaps, n = None, None, [], 0
+    # logprobs: a chunk per token even when it adds no text (a model with
+    # random weights mostly yields tokens that decode to nothing)
     for c in client.chat.completions.create(model=a.model, messages=messages(k), max_tokens=a.max_tokens,
-                                            temperature=0, stream=True):
-        if c.choices and c.choices[0].delta.content:
+                                            temperature=0, stream=True, logprobs=True):
+        if c.choices and (c.choices[0].delta.content or c.choices[0].logprobs):
             now = time.perf_counter()
             if first is None:
                 first = now - t0

@@ -257,6 +257,44 @@ fn check(model: &Path, backend: &str) {
     assert!(r["stream"].as_array().unwrap().len() > 1, "several chunks");
     assert_eq!(r["stream_finish_reason"], r["chat"]["finish_reason"]);
     assert_eq!(r["completion"], want.as_str(), "/v1/completions");
+    // echo: the prompt's tokens scored; the candidate's sum is `flamingo score`'s
+    let ctx = "<image>an apple on a table.<|endofchunk|><image>a photo of";
+    let e = &r["echo"];
+    assert_eq!(e["text"], format!("{ctx} two dogs."));
+    let lps = e["token_logprobs"].as_array().unwrap();
+    assert!(lps[0].is_null() && lps.len() > 5);
+    assert_eq!(e["tokens"].as_array().unwrap().len(), lps.len());
+    let (ok, out, err) = flamingo(&[
+        "score",
+        "--model",
+        model.to_str().unwrap(),
+        "--backend",
+        backend,
+        "--prompt",
+        ctx,
+        "--image",
+        a.to_str().unwrap(),
+        "--image",
+        b.to_str().unwrap(),
+        "--candidate",
+        " two dogs.",
+        "--json",
+    ]);
+    assert!(ok, "{err}");
+    let sc: Value = serde_json::from_str(&out).unwrap();
+    let (sum, k) = (
+        sc["candidates"][0]["logprob_sum"].as_f64().unwrap(),
+        sc["candidates"][0]["num_tokens"].as_u64().unwrap() as usize,
+    );
+    let tail: f64 = lps[lps.len() - k..]
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .sum();
+    assert!((tail - sum).abs() < 1e-3, "echo {tail} vs score {sum}");
+    for (x, top) in lps[1..].iter().zip(&e["top"].as_array().unwrap()[1..]) {
+        let best = top[0].as_f64().unwrap();
+        assert!(x.as_f64().unwrap() <= best + 1e-6);
+    }
     // logprobs: one entry per generated token, greedy picks the top one
     let lp = &r["logprobs"];
     assert_eq!(lp["text"], want.as_str());

@@ -223,6 +223,9 @@ pub struct Sampling {
     pub stop: Vec<String>,
     pub stream: bool,
     pub logprobs: Option<usize>,
+    /// Completions: the prompt comes back before the completion (with
+    /// its tokens' logprobs when asked).
+    pub echo: bool,
 }
 
 fn num<T: TryFrom<u64>>(body: &Value, key: &str) -> Result<Option<T>, BadRequest> {
@@ -259,7 +262,13 @@ pub fn sampling(
     let max_tokens = num::<usize>(body, "max_completion_tokens")?
         .or(num::<usize>(body, "max_tokens")?)
         .unwrap_or(default_tokens.min(max_tokens_cap));
-    if max_tokens == 0 || max_tokens > max_tokens_cap {
+    let echo = match body.get("echo") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => *b,
+        _ => return Err("`echo` must be true or false".into()),
+    };
+    // with echo, 0 new tokens scores the prompt alone
+    if (max_tokens == 0 && !echo) || max_tokens > max_tokens_cap {
         return Err(format!(
             "`max_tokens` must be between 1 and {max_tokens_cap} (--max-tokens)"
         ));
@@ -304,6 +313,9 @@ pub fn sampling(
     if logprobs.is_some_and(|k| k > 20) {
         return Err("`top_logprobs` must be between 0 and 20".into());
     }
+    if echo && (o.num_beams > 1 || n > 1) {
+        return Err("`echo` takes one greedy or sampled choice".into());
+    }
     if logprobs.is_some() && o.num_beams > 1 {
         return Err("`logprobs` are not reported for beam search".into());
     }
@@ -324,8 +336,14 @@ pub fn sampling(
         Some(Value::Bool(b)) => *b,
         _ => return Err("`stream` must be true or false".into()),
     };
-    o.validate()?;
+    if echo && stream {
+        return Err("`echo` is not streamed; ask without `stream`".into());
+    }
+    if o.max_new_tokens > 0 {
+        o.validate()?;
+    }
     Ok(Sampling {
+        echo,
         options: o,
         n,
         stop,

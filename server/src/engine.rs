@@ -51,6 +51,9 @@ pub struct Job {
     pub stop: Vec<String>,
     /// Each token's log-probability and this many alternatives.
     pub logprobs: Option<usize>,
+    /// The prompt comes back before the completion (its tokens' logprobs
+    /// with them, the first without): close-ended scoring.
+    pub echo: bool,
     pub tx: mpsc::UnboundedSender<Out>,
     /// Media written for this request, removed when it ends.
     pub files: Vec<PathBuf>,
@@ -325,6 +328,62 @@ fn fail(job: &std::sync::Mutex<Shared>, message: &str, bad_request: bool, m: &Me
     }
 }
 
+/// An echo request: the prompt and its completion (none for 0 tokens),
+/// and with `logprobs` every token's entry (the first one's logprob null).
+type Echoed = (String, Vec<Value>, usize, usize, &'static str);
+
+fn echo(
+    p: &mut Pipeline,
+    req: &Request,
+    logprobs: Option<usize>,
+) -> flamingo_runtime::Result<Echoed> {
+    let prompt_ids = p.prompt_ids(&req.prompt, req.media.len())?;
+    let (gen_ids, gen_text) = if req.options.max_new_tokens > 0 {
+        let g = p.generate(req)?;
+        let s = g.sequences.into_iter().next();
+        s.map(|s| (s.generated_ids, s.text)).unwrap_or_default()
+    } else {
+        (Vec::new(), String::new())
+    };
+    let eoc = p.model.manifest.special_tokens.end_of_chunk;
+    let finish = if gen_ids.len() < req.options.max_new_tokens || gen_ids.last() == Some(&eoc) {
+        "stop"
+    } else {
+        "length"
+    };
+    let mut entries = Vec::new();
+    if let Some(k) = logprobs {
+        let ids = [prompt_ids.clone(), gen_ids.clone()].concat();
+        let lps = p.logprobs_of(&ids, &req.media, k)?;
+        let tok = |t: u32| p.tokenizer.decode(&[t]).unwrap_or_default();
+        for (&t, lp) in ids.iter().zip(lps) {
+            let s = tok(t);
+            let mut e =
+                json!({"token": s, "logprob": null, "bytes": s.as_bytes(), "top_logprobs": []});
+            if let Some(lp) = lp {
+                e["logprob"] = json!(lp.logprob);
+                e["top_logprobs"] = lp
+                    .top
+                    .iter()
+                    .map(|&(a, l)| {
+                        let s = tok(a);
+                        json!({"token": s, "logprob": l, "bytes": s.as_bytes()})
+                    })
+                    .collect();
+            }
+            entries.push(e);
+        }
+    }
+    let n = gen_ids.len();
+    Ok((
+        format!("{}{gen_text}", req.prompt),
+        entries,
+        prompt_ids.len(),
+        n,
+        finish,
+    ))
+}
+
 #[allow(clippy::too_many_arguments)]
 fn admit(
     p: &mut Pipeline,
@@ -343,6 +402,43 @@ fn admit(
         stop: job.stop,
         failed: false,
     }));
+    if job.echo {
+        // scoring: run alone, between the batch's steps
+        match echo(p, &job.request, job.logprobs) {
+            Ok((text, entries, prompt_tokens, completion_tokens, finish_reason)) => {
+                metrics
+                    .prompt_tokens
+                    .fetch_add(prompt_tokens as u64, Ordering::Relaxed);
+                metrics
+                    .generated_tokens
+                    .fetch_add(completion_tokens as u64, Ordering::Relaxed);
+                for e in entries {
+                    send(
+                        &shared,
+                        Out::Delta {
+                            index: 0,
+                            text: String::new(),
+                            logprob: Some(e),
+                        },
+                    );
+                }
+                send(
+                    &shared,
+                    Out::Done {
+                        index: 0,
+                        text,
+                        finish_reason,
+                        prompt_tokens,
+                        completion_tokens,
+                    },
+                );
+                metrics.requests_ok.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) => fail(&shared, &e.to_string(), is_request_error(&e), metrics),
+        }
+        media_to_metrics(p, metrics);
+        return;
+    }
     if job.request.options.num_beams > 1 {
         // beam search runs alone, between the batch's steps
         let r = p.generate(&job.request);

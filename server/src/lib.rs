@@ -259,6 +259,9 @@ async fn run(s: Shared, body: Value, kind: Kind) -> Response {
     };
     let built = (|| -> Result<(String, api::Collected, api::Sampling), String> {
         let sampling = api::sampling(&body, s.cfg.max_tokens, s.cfg.default_tokens)?;
+        if sampling.echo && kind == Kind::Chat {
+            return Err("`echo` is a field of /v1/completions".into());
+        }
         let (prompt, media) = match kind {
             Kind::Chat => api::chat_prompt(body.get("messages").unwrap_or(&Value::Null), &policy)?,
             Kind::Completion => {
@@ -269,9 +272,6 @@ async fn run(s: Shared, body: Value, kind: Kind) -> Response {
                     }
                     _ => return Err("`prompt` must be a string".into()),
                 };
-                if body.get("echo").and_then(Value::as_bool) == Some(true) {
-                    return Err("`echo` is not supported yet".into());
-                }
                 (prompt, api::completion_media(body.get("images"), &policy)?)
             }
         };
@@ -296,6 +296,7 @@ async fn run(s: Shared, body: Value, kind: Kind) -> Response {
         n: choices,
         stop: sampling.stop,
         logprobs: sampling.logprobs,
+        echo: sampling.echo,
         tx,
         files: media.take_files(),
         arrived,

@@ -39,6 +39,88 @@ pub struct TokenLogprob {
     pub top: Vec<(u32, f32)>,
 }
 
+impl TokenLogprob {
+    /// Token `t`'s entry in the log-probabilities `lp`, with the `k` most
+    /// likely tokens (ties: the lower id first).
+    pub fn of(lp: &[f32], t: u32, k: usize) -> TokenLogprob {
+        let mut top: Vec<u32> = (0..lp.len() as u32).collect();
+        let k = k.min(top.len());
+        let order = |a: &u32, b: &u32| lp[*b as usize].total_cmp(&lp[*a as usize]).then(a.cmp(b));
+        if k > 0 && k < top.len() {
+            top.select_nth_unstable_by(k - 1, order);
+        }
+        top.truncate(k);
+        top.sort_by(order);
+        TokenLogprob {
+            logprob: lp.get(t as usize).copied().unwrap_or(f32::NEG_INFINITY),
+            top: top.iter().map(|&i| (i, lp[i as usize])).collect(),
+        }
+    }
+}
+
+/// Prompt positions scored per decoder call by [`Pipeline::logprobs_of`].
+const ECHO_CHUNK: usize = 64;
+
+impl Pipeline {
+    /// Each token's log-probability given the tokens before it (the first
+    /// has none), with the `top` most likely alternatives: what OpenAI's
+    /// `echo` + `logprobs` report for a prompt. `ids` are a prompt's
+    /// tokens (its `<image>` markers matching `media`) and any
+    /// continuation; they run through the decoder in chunks over the KV
+    /// cache, so the logits held stay small however long the prompt.
+    pub fn logprobs_of(
+        &mut self,
+        ids: &[u32],
+        media: &[crate::model::Media],
+        top: usize,
+    ) -> Result<Vec<Option<TokenLogprob>>> {
+        if ids.is_empty() {
+            return Err(Error::Input("no tokens to score".into()));
+        }
+        let media_token = self.model.manifest.special_tokens.media;
+        let markers = ids.iter().filter(|&&t| t == media_token).count();
+        if markers != media.len() {
+            return Err(Error::Input(format!(
+                "the prompt has {markers} <image> marker(s) but {} media item(s) were given",
+                media.len()
+            )));
+        }
+        self.check_context(ids.len())?;
+        let kv = self.media_kv(media)?;
+        let Padded { step, kv } = self.pad_rows(&[ids], &[&kv])?;
+        let mut cache = self.model.empty_cache(1);
+        let mut out = vec![None];
+        let n = ids.len();
+        for s0 in (0..n).step_by(ECHO_CHUNK) {
+            let s1 = (s0 + ECHO_CHUNK).min(n);
+            let chunk = Step {
+                input_ids: step.input_ids.slice(s![.., s0..s1]).to_owned(),
+                attention_mask: step.attention_mask.slice(s![.., ..s1]).to_owned(),
+                position_ids: step.position_ids.slice(s![.., s0..s1]).to_owned(),
+                media_time: step.media_time.slice(s![.., s0..s1]).to_owned(),
+                keep: s1 - s0,
+            };
+            let logits = self.model.decode(&chunk, &kv, &mut cache)?;
+            for j in s0..s1 {
+                // position j predicts token j + 1
+                let Some(&next) = ids.get(j + 1) else { break };
+                let row: Vec<f32> = logits
+                    .index_axis(Axis(0), 0)
+                    .index_axis(Axis(0), j - s0)
+                    .iter()
+                    .copied()
+                    .collect();
+                out.push(Some(TokenLogprob::of(
+                    &search::log_softmax(&row),
+                    next,
+                    top,
+                )));
+            }
+        }
+        Ok(out)
+    }
+}
+
 /// What one [`Pipeline::batch_step`] produced for a row.
 #[derive(Clone, Debug, PartialEq)]
 pub enum RowEvent {
@@ -325,28 +407,18 @@ impl Pipeline {
                     true
                 })
                 .map_err(Error::Input)?;
-            let lp = row.logprobs.map(|k| {
-                let lp = search::log_softmax(&logits.iter().copied().collect::<Vec<f32>>());
-                let mut top: Vec<u32> = (0..lp.len() as u32).collect();
-                let k = k.min(top.len());
-                if k > 0 {
-                    top.select_nth_unstable_by(k - 1, |&a, &b| {
-                        lp[b as usize].total_cmp(&lp[a as usize])
-                    });
-                }
-                top.truncate(k);
-                top.sort_by(|&a, &b| lp[b as usize].total_cmp(&lp[a as usize]).then(a.cmp(&b)));
-                (lp, top)
-            });
+            let lp = row
+                .logprobs
+                .map(|_| search::log_softmax(&logits.iter().copied().collect::<Vec<f32>>()));
             for t in toks {
                 events.push(RowEvent::Token {
                     id: row.id,
                     token: t,
                     text: self.tokenizer.decode(&[t])?,
-                    logprob: lp.as_ref().map(|(lp, top)| TokenLogprob {
-                        logprob: lp[t as usize],
-                        top: top.iter().map(|&i| (i, lp[i as usize])).collect(),
-                    }),
+                    logprob: lp
+                        .as_ref()
+                        .zip(row.logprobs)
+                        .map(|(lp, k)| TokenLogprob::of(lp, t, k)),
                 });
             }
             next.push(d.tokens.first().copied().unwrap_or(0));
