@@ -303,22 +303,32 @@ async fn run(s: Shared, body: Value, kind: Kind) -> Response {
     };
     if let Err(e) = s.jobs.try_send(job) {
         s.metrics.requests_rejected.fetch_add(1, Ordering::Relaxed);
-        // the job's files go with it
-        let job = match e {
-            mpsc::error::TrySendError::Full(j) | mpsc::error::TrySendError::Closed(j) => j,
+        let (job, full) = match e {
+            mpsc::error::TrySendError::Full(j) => (j, true),
+            mpsc::error::TrySendError::Closed(j) => (j, false),
         };
+        // the job's files go with it
         for f in &job.files {
             let _ = std::fs::remove_file(f);
         }
-        return error(
-            StatusCode::TOO_MANY_REQUESTS,
-            "server_busy",
-            "queue_full",
-            format!(
-                "{} requests are waiting (--max-waiting); retry later",
-                s.cfg.max_waiting
-            ),
-        );
+        return if full {
+            error(
+                StatusCode::TOO_MANY_REQUESTS,
+                "server_busy",
+                "queue_full",
+                format!(
+                    "{} requests are waiting (--max-waiting); retry later",
+                    s.cfg.max_waiting
+                ),
+            )
+        } else {
+            error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "server_error",
+                "engine_gone",
+                "the engine has stopped; the server must be restarted",
+            )
+        };
     }
     let id = format!(
         "{}-{n}",
