@@ -320,7 +320,7 @@ fn request(task: Task, q: &Sample, demos: &[&Sample], shots: usize, s: &Settings
             prompt::caption(answer)
         }
     };
-    let mut context: String = demos
+    let context: String = demos
         .iter()
         .map(|d| {
             let answer = if task.is_vqa() {
@@ -331,15 +331,9 @@ fn request(task: Task, q: &Sample, demos: &[&Sample], shots: usize, s: &Settings
             one(&d.text, Some(answer)) + "\n"
         })
         .collect();
-    let mut media: Vec<Media> = Vec::new();
-    if shots == 0 {
-        context = context.replace("<image>", "");
-    } else {
-        media.extend(demos.iter().map(|d| Media::Image(d.image.clone())));
-    }
-    media.push(Media::Image(q.image.clone()));
+    let (prompt, media) = with_media(context, demos, q, shots, one(&q.text, None));
     Request {
-        prompt: context + &one(&q.text, None),
+        prompt,
         media,
         options: GenerateOptions {
             max_new_tokens: task.max_new_tokens(),
@@ -415,18 +409,32 @@ fn classification_prompt(
         Task::HatefulMemes => prompt::hateful_memes(&s.text, label),
         _ => prompt::imagenet(label),
     };
-    let mut context: String = demos
+    let context: String = demos
         .iter()
         .map(|d| one(d, d.answers.first().map(String::as_str)))
         .collect();
+    with_media(context, demos, q, shots, one(q, None))
+}
+
+/// The demonstrations' `context`, then the `query` prompt, and their media:
+/// with 0 shots the demonstrations are text only (their `<image>` removed,
+/// no image of theirs given), then the query's image.
+fn with_media(
+    context: String,
+    demos: &[&Sample],
+    q: &Sample,
+    shots: usize,
+    query: String,
+) -> (String, Vec<Media>) {
     let mut media: Vec<Media> = Vec::new();
-    if shots == 0 {
-        context = context.replace("<image>", "");
+    let context = if shots == 0 {
+        context.replace("<image>", "")
     } else {
         media.extend(demos.iter().map(|d| Media::Image(d.image.clone())));
-    }
+        context
+    };
     media.push(Media::Image(q.image.clone()));
-    (context + &one(q, None), media)
+    (context + &query, media)
 }
 
 /// Each class name's mean token log-probability after the query's prompt

@@ -522,17 +522,7 @@ impl Pipeline {
             .iter()
             .zip(groups)
             .map(|(p, g)| {
-                let sequences = g
-                    .finish()
-                    .into_iter()
-                    .map(|(ids, score)| {
-                        Ok(Sequence {
-                            text: self.tokenizer.decode(&ids)?,
-                            generated_ids: ids,
-                            score,
-                        })
-                    })
-                    .collect::<Result<_>>()?;
+                let sequences = self.sequences(g.as_ref())?;
                 Ok(Generation {
                     prompt_ids: p.ids.clone(),
                     sequences,
@@ -635,15 +625,8 @@ impl Pipeline {
         Ok(())
     }
 
-    /// Close-ended scoring: for each candidate, the sum of the log-probabilities
-    /// of `tokenize(prompt + candidate)` after the `tokenize(prompt)` prefix,
-    /// all candidates in one batch.
-    pub fn score(
-        &mut self,
-        prompt: &str,
-        media: &[Media],
-        candidates: &[String],
-    ) -> Result<Vec<CandidateScore>> {
+    /// Candidates to score: some, within `--max-candidates`.
+    fn check_candidates(&self, candidates: &[String]) -> Result<()> {
         if candidates.is_empty() {
             return Err(Error::Input("no candidates to score".into()));
         }
@@ -654,6 +637,34 @@ impl Pipeline {
                 self.model.limits.max_candidates
             )));
         }
+        Ok(())
+    }
+
+    /// A finished search's sequences, with their text.
+    fn sequences(&self, search: &dyn Search) -> Result<Vec<Sequence>> {
+        search
+            .finish()
+            .into_iter()
+            .map(|(ids, score)| {
+                Ok(Sequence {
+                    text: self.tokenizer.decode(&ids)?,
+                    generated_ids: ids,
+                    score,
+                })
+            })
+            .collect()
+    }
+
+    /// Close-ended scoring: for each candidate, the sum of the log-probabilities
+    /// of `tokenize(prompt + candidate)` after the `tokenize(prompt)` prefix,
+    /// all candidates in one batch.
+    pub fn score(
+        &mut self,
+        prompt: &str,
+        media: &[Media],
+        candidates: &[String],
+    ) -> Result<Vec<CandidateScore>> {
+        self.check_candidates(candidates)?;
         let prefix = self.prompt_ids(prompt, media.len())?;
         let kv = self.media_kv(media)?;
         let mut rows = Vec::new();
@@ -728,16 +739,7 @@ impl Pipeline {
         media: &[Media],
         candidates: &[String],
     ) -> Result<Vec<CandidateScore>> {
-        if candidates.is_empty() {
-            return Err(Error::Input("no candidates to score".into()));
-        }
-        if candidates.len() > self.model.limits.max_candidates {
-            return Err(Error::Input(format!(
-                "{} candidates, more than --max-candidates {}",
-                candidates.len(),
-                self.model.limits.max_candidates
-            )));
-        }
+        self.check_candidates(candidates)?;
         let prefix = self.prompt_ids(prompt, media.len())?;
         let mut conts = Vec::with_capacity(candidates.len());
         for c in candidates {

@@ -182,19 +182,26 @@ async fn models(State(s): State<Shared>) -> Json<Value> {
     ]}))
 }
 
-fn body_of(
-    body: Result<Json<Value>, axum::extract::rejection::JsonRejection>,
-) -> Result<Value, Box<Response>> {
+fn body_of(body: Body) -> Result<Value, Box<Response>> {
     match body {
         Ok(Json(v)) if v.is_object() => Ok(v),
         Ok(_) => Err(Box::new(bad("the body must be a JSON object"))),
         Err(e) => Err(Box::new(match e.status() {
-            StatusCode::PAYLOAD_TOO_LARGE => error(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "invalid_request_error",
-                "body_too_large",
-                e.body_text(),
-            ),
+            StatusCode::PAYLOAD_TOO_LARGE => {
+                // the rest of the body is never read: the connection ends
+                // here, and says so, so that no client reuses it
+                let mut r = error(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "invalid_request_error",
+                    "body_too_large",
+                    e.body_text(),
+                );
+                r.headers_mut().insert(
+                    axum::http::header::CONNECTION,
+                    axum::http::HeaderValue::from_static("close"),
+                );
+                r
+            }
             _ => bad(e.body_text()),
         })),
     }
@@ -222,26 +229,21 @@ enum Kind {
     Completion,
 }
 
-async fn chat(
-    State(s): State<Shared>,
-    body: Result<Json<Value>, axum::extract::rejection::JsonRejection>,
-) -> Response {
-    let body = match body_of(body) {
-        Ok(b) => b,
-        Err(r) => return *r,
-    };
-    run(s, body, Kind::Chat).await
+type Body = Result<Json<Value>, axum::extract::rejection::JsonRejection>;
+
+async fn chat(State(s): State<Shared>, body: Body) -> Response {
+    handle(s, body, Kind::Chat).await
 }
 
-async fn completions(
-    State(s): State<Shared>,
-    body: Result<Json<Value>, axum::extract::rejection::JsonRejection>,
-) -> Response {
-    let body = match body_of(body) {
-        Ok(b) => b,
-        Err(r) => return *r,
-    };
-    run(s, body, Kind::Completion).await
+async fn completions(State(s): State<Shared>, body: Body) -> Response {
+    handle(s, body, Kind::Completion).await
+}
+
+async fn handle(s: Shared, body: Body, kind: Kind) -> Response {
+    match body_of(body) {
+        Ok(b) => run(s, b, kind).await,
+        Err(r) => *r,
+    }
 }
 
 async fn run(s: Shared, body: Value, kind: Kind) -> Response {

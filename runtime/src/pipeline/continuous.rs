@@ -12,7 +12,7 @@ use std::collections::VecDeque;
 use ndarray::{concatenate, s, Array2, ArrayD, Axis, IxDyn};
 use sha2::{Digest, Sha256};
 
-use super::{stack_media, Generation, Padded, Pipeline, Request, Sequence};
+use super::{stack_media, Generation, Padded, Pipeline, Request};
 use crate::decoder::{KvCache, MediaKv, Step};
 use crate::search::{self, Search};
 use crate::{Error, Result};
@@ -433,18 +433,7 @@ impl Pipeline {
                 stay.push(i);
                 batch.rows.push(row);
             } else {
-                let sequences = row
-                    .search
-                    .finish()
-                    .into_iter()
-                    .map(|(ids, score)| {
-                        Ok(Sequence {
-                            text: self.tokenizer.decode(&ids)?,
-                            generated_ids: ids,
-                            score,
-                        })
-                    })
-                    .collect::<Result<_>>()?;
+                let sequences = self.sequences(row.search.as_ref())?;
                 events.push(RowEvent::Done {
                     id: row.id,
                     generation: Generation {
