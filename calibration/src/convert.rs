@@ -25,6 +25,27 @@ pub fn convert(
     convert_with(input, out, force, precision, rewrite, &|_| Ok(()), progress)
 }
 
+/// [`convert`] of an fp32 export only (`flamingo convert`, `flamingo
+/// quantize`): a source already rewritten is refused, as rewrites do not
+/// compose.
+pub fn convert_fp32(
+    input: &Path,
+    out: &Path,
+    force: bool,
+    precision: Precision,
+    rewrite: RoleRewrite,
+    progress: &mut dyn Progress,
+) -> Result<Manifest> {
+    let src = Manifest::load(input)?;
+    if src.precision != Precision::Fp32 {
+        return Err(Error::Config {
+            path: input.display().to_string(),
+            message: format!("already {}; start from an fp32 export", src.precision),
+        });
+    }
+    convert(input, out, force, precision, rewrite, progress)
+}
+
 /// [`convert`], calling `extra` with the (temporary) output directory before
 /// it is hashed and renamed, to add files of its own.
 pub fn convert_with(

@@ -36,8 +36,8 @@ pub fn run(a: Args) -> Result<()> {
     )
 }
 
-/// Rewrites the fp32 export `input` into `out` (`convert`, `quantize`):
-/// refuses a non-fp32 source, shows progress, prints the manifest or a line.
+/// Rewrites the fp32 export `input` into `out` (`convert`), with
+/// progress, printing the manifest or a line.
 pub fn rewrite_export(
     input: &std::path::Path,
     out: &std::path::Path,
@@ -47,17 +47,22 @@ pub fn rewrite_export(
     verb: &str,
     rewrite: flamingo_calibration::convert::RoleRewrite,
 ) -> Result<()> {
-    let src = flamingo_contract::Manifest::load(input)?;
-    if src.precision != flamingo_contract::Precision::Fp32 {
-        bail!(
-            "{} is already {}; start from an fp32 export",
-            input.display(),
-            src.precision
-        );
-    }
     let mut bars = crate::progress::Bars::new(!json && std::io::stderr().is_terminal());
-    let m =
-        flamingo_calibration::convert::convert(input, out, force, precision, rewrite, &mut bars)?;
+    let m = flamingo_calibration::convert::convert_fp32(
+        input, out, force, precision, rewrite, &mut bars,
+    )?;
+    report(input, out, json, verb, &m);
+    Ok(())
+}
+
+/// Prints the manifest of a rewritten export (`--json`) or one line.
+pub fn report(
+    input: &std::path::Path,
+    out: &std::path::Path,
+    json: bool,
+    verb: &str,
+    m: &flamingo_contract::Manifest,
+) {
     if json {
         println!("{}", m.to_json());
     } else {
@@ -68,5 +73,4 @@ pub fn rewrite_export(
             m.precision
         );
     }
-    Ok(())
 }

@@ -17,6 +17,7 @@ mod progress;
 mod quantize;
 mod score;
 mod serve;
+mod triton;
 
 use clap::{Parser, Subcommand};
 
@@ -57,6 +58,8 @@ enum Command {
     Eval(eval::Args),
     /// An OpenAI-compatible HTTP server: continuous batching, streaming, media and prefix caches.
     Serve(serve::Args),
+    /// A Triton Inference Server model repository serving an export.
+    ExportTriton(triton::Args),
 }
 
 /// SIGINT, SIGTERM and SIGHUP remove the outputs still being written
@@ -91,6 +94,7 @@ fn main() {
         Command::Score(a) => score::run(a),
         Command::Eval(a) => eval::run(a),
         Command::Serve(a) => serve::run(a),
+        Command::ExportTriton(a) => triton::run(a),
     };
     if let Err(e) = result {
         eprintln!("error: {}", describe(&e));

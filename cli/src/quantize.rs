@@ -6,9 +6,8 @@ use std::io::IsTerminal;
 
 use anyhow::Result;
 use flamingo_calibration::weights::{
-    quantize_decoder, quantize_weights_opts, BlockOptions, WeightBits, WeightKind,
+    quantize_export, BlockOptions, QuantizeSpec, WeightBits, WeightKind,
 };
-use flamingo_contract::GraphRole;
 use flamingo_runtime::BackendKind;
 
 #[derive(clap::Args)]
@@ -67,43 +66,38 @@ pub struct Args {
 
 pub fn run(a: Args) -> Result<()> {
     let bits = WeightBits::new(a.weights, a.block_size).map_err(anyhow::Error::msg)?;
-    let opts = BlockOptions {
-        symmetric: a.symmetric,
-        head_bits: a.head_bits,
-        plain_kv_cache: a.plain_kv_cache,
+    let spec = QuantizeSpec {
+        bits,
+        opts: BlockOptions {
+            symmetric: a.symmetric,
+            head_bits: a.head_bits,
+            plain_kv_cache: a.plain_kv_cache,
+        },
+        include_vision: a.include_vision,
     };
-    bits.check(&opts, a.data.is_some())
+    // refused before the calibration passes
+    bits.check(&spec.opts, a.data.is_some())
         .map_err(anyhow::Error::msg)?;
-    let vision = a.include_vision;
     let hessians = match &a.data {
         None => None,
         Some(data) => Some(observe(&a, data)?),
     };
-    let gptq = hessians.is_some();
-    crate::convert::rewrite_export(
+    let mut bars = crate::progress::Bars::new(!a.json && std::io::stderr().is_terminal());
+    let m = quantize_export(
         &a.input,
         &a.out,
         a.force,
-        a.json,
-        bits.precision(),
-        if gptq {
-            "quantised (GPTQ)"
-        } else {
-            "quantised"
-        },
-        &|role, g| {
-            if vision || role == GraphRole::Decoder {
-                // GPTQ where observed (the decoder), rounding elsewhere
-                if role == GraphRole::Decoder {
-                    quantize_decoder(g, bits, hessians.as_ref(), &opts).map(Some)
-                } else {
-                    quantize_weights_opts(g, bits, None, &opts).map(Some)
-                }
-            } else {
-                Ok(None)
-            }
-        },
-    )
+        &spec,
+        hessians.as_ref(),
+        &mut bars,
+    )?;
+    let verb = if hessians.is_some() {
+        "quantised (GPTQ)"
+    } else {
+        "quantised"
+    };
+    crate::convert::report(&a.input, &a.out, a.json, verb, &m);
+    Ok(())
 }
 
 /// The decoder's Hessians over the calibration requests, with a progress bar.

@@ -21,6 +21,7 @@ use crate::tokenizer::Tokenizer;
 use crate::{Error, Result};
 
 pub mod continuous;
+pub mod jsonl;
 
 /// One generation request: a prompt with `<image>` markers and its media, in order.
 #[derive(Clone, Debug, Default)]

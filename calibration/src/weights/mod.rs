@@ -59,6 +59,70 @@ impl WeightKind {
             WeightKind::Int4Flamingo => "int4-flamingo",
         }
     }
+
+    pub const ALL: [WeightKind; 5] = [
+        WeightKind::Int8,
+        WeightKind::Int8Ort,
+        WeightKind::Int4,
+        WeightKind::Int8Flamingo,
+        WeightKind::Int4Flamingo,
+    ];
+
+    /// The kind named `name` (as [`WeightKind::name`] spells it).
+    pub fn parse(name: &str) -> Result<WeightKind, String> {
+        Self::ALL
+            .into_iter()
+            .find(|k| k.name() == name)
+            .ok_or_else(|| {
+                let names: Vec<&str> = Self::ALL.iter().map(|k| k.name()).collect();
+                format!(
+                    "unknown weight format {name:?} (one of {})",
+                    names.join(", ")
+                )
+            })
+    }
+}
+
+/// What `flamingo quantize` makes of an fp32 export.
+#[derive(Clone, Copy, Debug)]
+pub struct QuantizeSpec {
+    pub bits: WeightBits,
+    pub opts: BlockOptions,
+    /// The vision encoder, resampler and media K/V too, not only the decoder.
+    pub include_vision: bool,
+}
+
+/// Quantises the fp32 export `input` into `out`: GPTQ on the decoder where
+/// `hessians` were observed, rounding to nearest elsewhere.
+pub fn quantize_export(
+    input: &std::path::Path,
+    out: &std::path::Path,
+    force: bool,
+    spec: &QuantizeSpec,
+    hessians: Option<&Hessians>,
+    progress: &mut dyn flamingo_export::Progress,
+) -> flamingo_export::Result<flamingo_contract::Manifest> {
+    use flamingo_contract::GraphRole;
+    spec.bits
+        .check(&spec.opts, hessians.is_some())
+        .map_err(|message| flamingo_export::Error::Config {
+            path: out.display().to_string(),
+            message,
+        })?;
+    crate::convert::convert_fp32(
+        input,
+        out,
+        force,
+        spec.bits.precision(),
+        &|role, g| match role {
+            GraphRole::Decoder => quantize_decoder(g, spec.bits, hessians, &spec.opts).map(Some),
+            _ if spec.include_vision => {
+                quantize_weights_opts(g, spec.bits, None, &spec.opts).map(Some)
+            }
+            _ => Ok(None),
+        },
+        progress,
+    )
 }
 
 /// What to quantise weights to.

@@ -70,11 +70,10 @@ impl GenerateOptions {
         if self.num_beams == 0 {
             return Err("num_beams must be at least 1".into());
         }
-        if self.num_return_sequences == 0
-            || self.num_return_sequences > self.num_beams.max(1) && !self.do_sample
-        {
+        // (sampling returns one sequence: several are several seeds)
+        if self.num_return_sequences == 0 || self.num_return_sequences > self.num_beams.max(1) {
             return Err(format!(
-                "num_return_sequences ({}) must be between 1 and num_beams ({})",
+                "num_return_sequences ({}) must be between 1 and num_beams ({}); for several samples, sample with several seeds",
                 self.num_return_sequences, self.num_beams
             ));
         }
