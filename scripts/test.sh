@@ -2,7 +2,8 @@
 # Runs the whole test suite: fetches ONNX Runtime's CPU library from the
 # onnxruntime wheel on PyPI (once) and the Python test tools into a venv
 # (once: the `openai` client, pytest, numpy, pillow, nvidia-pytriton's
-# tritonserver and tritonclient), then every crate's tests on both
+# tritonserver, tritonclient, and onnxruntime for the Triton check's CPU
+# stand-ins), then every crate's tests on both
 # backends, the Python package's tests (its wheel built and installed into
 # the venv), and the Triton check (scripts/triton-check.sh).
 set -euo pipefail
@@ -12,11 +13,11 @@ scripts/install-ort.sh
 # the official `openai` client drives `flamingo serve` in cli/tests/serve.rs
 # pytest drives the Python package; tritonclient drives Triton in scripts/triton-check.sh
 if [ ! -x .venv-test/bin/python ] || ! .venv-test/bin/python -c \
-    "import openai, pytest, numpy, PIL, pytriton, tritonclient.grpc, tritonclient.http" 2>/dev/null; then
+    "import openai, pytest, numpy, PIL, pytriton, tritonclient.grpc, tritonclient.http, onnxruntime" 2>/dev/null; then
   python3 -m venv .venv-test
   .venv-test/bin/pip install --quiet --disable-pip-version-check "openai==2.54.0" \
     "pytest==9.2.0" "numpy==1.26.4" "pillow==13.0.0" \
-    "nvidia-pytriton==0.7.0" "tritonclient[all]==2.73.0"
+    "nvidia-pytriton==0.7.0" "tritonclient[all]==2.73.0" "onnxruntime==1.31.1"
 fi
 export FLAMINGO_TEST_PYTHON="${FLAMINGO_TEST_PYTHON:-$root/.venv-test/bin/python}"
 export ORT_DYLIB_PATH="${ORT_DYLIB_PATH:-$root/.ort/lib/libonnxruntime.so}"

@@ -776,3 +776,129 @@ fn eval_imagenet_compares_two_exports_and_writes_predictions() {
     let solo = lines(&stdout);
     assert_eq!(solo[0]["mean"], rows[1]["model"]["mean"]);
 }
+
+/// `export-triton`: both kinds write their models (the gpu kind's configs
+/// from the manifest, the graphs linked in); what Triton's onnxruntime
+/// backend cannot run is refused before anything is written. (Triton
+/// serves them in scripts/triton-check.sh.)
+#[test]
+fn export_triton_writes_both_kinds_and_refuses_what_triton_cannot_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tmp.path().join("tiny-llama");
+    export("tiny-llama", &model);
+    let m = model.display().to_string();
+    let repo = |name: &str| tmp.path().join(name).display().to_string();
+    let (ok, out, err) = flamingo(&[
+        "export-triton",
+        "--model",
+        &m,
+        "--out",
+        &repo("cpu"),
+        "--kind",
+        "cpu",
+        "--json",
+    ]);
+    assert!(ok, "{err}");
+    let j: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(j["models"], json!(["flamingo", "flamingo_stream"]));
+    let cpu = tmp.path().join("cpu");
+    assert!(cpu.join("flamingo/1/export/manifest.json").is_file());
+    let cfg = std::fs::read_to_string(cpu.join("flamingo/config.pbtxt")).unwrap();
+    assert!(cfg.contains("backend: \"python\"") && cfg.contains("max_batch_size: 8"));
+    assert!(!cfg.contains("decoupled"));
+    let stream = std::fs::read_to_string(cpu.join("flamingo_stream/config.pbtxt")).unwrap();
+    assert!(stream.contains("decoupled: true"));
+    assert!(stream.contains("../flamingo/1/export"));
+    let py = std::fs::read_to_string(cpu.join("flamingo/1/model.py")).unwrap();
+    assert!(py.contains("from flamingo.triton import CpuModel as TritonPythonModel"));
+
+    let (ok, out, err) = flamingo(&[
+        "export-triton",
+        "--model",
+        &m,
+        "--out",
+        &repo("gpu"),
+        "--kind",
+        "gpu",
+        "--json",
+        "--tensorrt",
+        "--trt-fp16",
+    ]);
+    assert!(ok, "{err}");
+    let j: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(j["models"].as_array().unwrap().len(), 6);
+    let gpu = tmp.path().join("gpu");
+    for g in ["vision_encoder", "resampler", "media_kv", "decoder"] {
+        assert!(gpu.join(g).join(format!("1/{g}.onnx")).is_file(), "{g}");
+        let cfg = std::fs::read_to_string(gpu.join(g).join("config.pbtxt")).unwrap();
+        assert!(cfg.contains("backend: \"onnxruntime\"") && cfg.contains("KIND_GPU"));
+        assert!(cfg.contains("precision_mode\" value: \"FP16\""), "{g}");
+    }
+    let dec = std::fs::read_to_string(gpu.join("decoder/config.pbtxt")).unwrap();
+    assert_eq!(dec.matches("input_name: \"past_key_values.").count(), 8);
+    assert!(
+        !dec.contains("{ name: \"present."),
+        "states are not outputs"
+    );
+    // the orchestrator reads the manifest and the tokenizer, not the graphs
+    assert!(gpu
+        .join("flamingo/1/export/tokenizer/tokenizer.json")
+        .is_file());
+    assert!(!gpu.join("flamingo/1/export/decoder.onnx").exists());
+
+    // refused before anything is written
+    // (tiny-mpt's int4 decoder takes GroupQueryAttention's in-place cache)
+    let mpt = tmp.path().join("tiny-mpt");
+    export("tiny-mpt", &mpt);
+    let (int4f, int4) = (tmp.path().join("int4f"), tmp.path().join("int4"));
+    for (w, src, out) in [("int4-flamingo", &model, &int4f), ("int4", &mpt, &int4)] {
+        let (src, out) = (src.display().to_string(), out.display().to_string());
+        let (ok, _, err) = flamingo(&["quantize", "--weights", w, &src, &out]);
+        assert!(ok, "{err}");
+    }
+    for (args, want) in [
+        (
+            vec![
+                "--model",
+                &int4f.display().to_string() as &str,
+                "--kind",
+                "gpu",
+            ],
+            "own kernels",
+        ),
+        (
+            vec![
+                "--model",
+                &int4.display().to_string() as &str,
+                "--kind",
+                "gpu",
+            ],
+            "--plain-kv-cache",
+        ),
+        (
+            vec!["--model", &m, "--kind", "cpu", "--backend", "ort-cuda"],
+            "tract or ort-cpu",
+        ),
+        (vec!["--model", &m, "--instances", "0"], "at least 1"),
+        (
+            vec!["--model", &m, "--max-tokens", "4", "--default-tokens", "8"],
+            "--default-tokens",
+        ),
+        (
+            vec![
+                "--model",
+                &tmp.path().join("nothing").display().to_string() as &str,
+            ],
+            "nothing",
+        ),
+    ] {
+        let out = repo("refused");
+        let mut a = vec!["export-triton", "--out", &out];
+        a.extend(args.iter().copied());
+        let (ok, _, err) = flamingo(&a);
+        assert!(!ok && err.contains(want), "{a:?}: {err}");
+        assert!(!tmp.path().join("refused").exists(), "{a:?} left output");
+    }
+    let (ok, _, err) = flamingo(&["export-triton", "--model", &m, "--out", &repo("cpu")]);
+    assert!(!ok && err.contains("already exists"), "{err}");
+}

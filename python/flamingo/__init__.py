@@ -29,12 +29,13 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, Iterator, List, Optional, Sequence as Seq, Union
 
 from . import _flamingo
-from ._flamingo import BACKENDS, FlamingoError, __version__
+from ._flamingo import BACKENDS, FlamingoError, Frontend, __version__
 
 __all__ = [
     "BACKENDS",
     "CandidateScore",
     "FlamingoError",
+    "Frontend",
     "Generation",
     "Pipeline",
     "Score",

@@ -576,6 +576,71 @@ impl Drop for Stream {
     }
 }
 
+/// What a serving front end needs of an export without its graphs (the
+/// `--kind gpu` Triton orchestrator runs the graphs through Triton): the
+/// tokenizer, the image preprocessing and the manifest.
+#[pyclass(module = "flamingo._flamingo", frozen)]
+struct Frontend {
+    manifest: Manifest,
+    tokenizer: flamingo_runtime::tokenizer::Tokenizer,
+    max_image_pixels: u64,
+}
+
+#[pymethods]
+impl Frontend {
+    #[new]
+    #[pyo3(signature = (model_dir, max_image_pixels = None))]
+    fn new(model_dir: PathBuf, max_image_pixels: Option<u64>) -> PyResult<Self> {
+        let manifest = Manifest::load(&model_dir).map_err(err)?;
+        let tokenizer = flamingo_runtime::tokenizer::Tokenizer::load(&model_dir.join("tokenizer"))
+            .map_err(err)?;
+        Ok(Frontend {
+            manifest,
+            tokenizer,
+            max_image_pixels: max_image_pixels.unwrap_or(Limits::default().max_image_pixels),
+        })
+    }
+
+    /// The manifest as JSON.
+    #[getter]
+    fn manifest(&self) -> String {
+        self.manifest.to_json()
+    }
+
+    /// The prompt's token ids, its `<image>` markers checked against `n_media`.
+    fn prompt_ids(&self, prompt: &str, n_media: usize) -> PyResult<Vec<u32>> {
+        let media = self.manifest.special_tokens.media;
+        self.tokenizer
+            .prompt_ids(prompt, media, n_media)
+            .map_err(err)
+    }
+
+    /// Text of `ids`, special tokens skipped.
+    fn decode(&self, ids: Vec<u32>) -> PyResult<String> {
+        self.tokenizer.decode(&ids).map_err(err)
+    }
+
+    /// The id of a single-token string, if it is one.
+    fn token_id(&self, token: &str) -> Option<u32> {
+        self.tokenizer.token_id(token)
+    }
+
+    /// An encoded image file preprocessed as the vision encoder takes it:
+    /// `[3, S, S]` float32 (little-endian bytes); `what` names it in errors.
+    fn pixel_values<'py>(
+        &self,
+        py: Python<'py>,
+        data: &[u8],
+        what: &str,
+    ) -> PyResult<Bound<'py, PyBytes>> {
+        let img = flamingo_runtime::preprocess::decode_image_within(data, self.max_image_pixels)
+            .map_err(|m| err(format!("{what}: not a readable image: {m}")))?;
+        let px = flamingo_runtime::preprocess::preprocess(&img, &self.manifest.preprocess);
+        let bytes: Vec<u8> = px.iter().flat_map(|v| v.to_le_bytes()).collect();
+        Ok(PyBytes::new(py, &bytes))
+    }
+}
+
 /// The manifest of an export, as JSON (`flamingo inspect --json`).
 #[pyfunction]
 fn inspect(dir: PathBuf) -> PyResult<String> {
@@ -754,6 +819,7 @@ fn _flamingo(m: &Bound<'_, PyModule>) -> PyResult<()> {
     )?;
     m.add_class::<NativePipeline>()?;
     m.add_class::<Stream>()?;
+    m.add_class::<Frontend>()?;
     m.add_function(wrap_pyfunction!(inspect, m)?)?;
     m.add_function(wrap_pyfunction!(export, m)?)?;
     m.add_function(wrap_pyfunction!(quantize, m)?)?;

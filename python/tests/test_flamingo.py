@@ -280,3 +280,20 @@ def test_quantize_and_convert_write_exports_that_run(exports, tmp_path):
     with pytest.raises(flamingo.FlamingoError, match="unknown weight format"):
         flamingo.quantize(src, tmp_path / "x", weights="int3")
     assert not (tmp_path / "x").exists()
+
+
+def test_the_frontend_tokenizes_and_preprocesses_as_the_pipeline(exports, pipelines):
+    fx = "tiny-mosaic"
+    f = flamingo.Frontend(exports[fx])
+    c = case(fx, "fewshot2")
+    assert f.prompt_ids(c["prompt"], len(c["images"])) == c["input_ids"]
+    assert f.prompt_ids(c["prompt"], 2) == pipelines(fx, "tract").prompt_ids(c["prompt"], 2)
+    s = json.loads(f.manifest)["preprocess"]["image_size"]
+    px = np.frombuffer(f.pixel_values(pathlib.Path(image(fx, 0)).read_bytes(), "img0"), np.float32)
+    assert px.shape == (3 * s * s,) and np.isfinite(px).all() and px.std() > 0
+    assert f.decode(c["input_ids"][1:4]) == flamingo.Frontend(exports[fx]).decode(c["input_ids"][1:4])
+    assert f.token_id("<image>") == cases(fx)["media_token_id"]
+    with pytest.raises(flamingo.FlamingoError, match="img9: not a readable image"):
+        f.pixel_values(b"GIF89a", "img9")
+    with pytest.raises(flamingo.FlamingoError, match="marker"):
+        f.prompt_ids(c["prompt"], 1)

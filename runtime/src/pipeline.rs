@@ -202,18 +202,8 @@ impl Pipeline {
 
     /// Token ids of a prompt, checked against the media given.
     pub fn prompt_ids(&self, prompt: &str, n_media: usize) -> Result<Vec<u32>> {
-        let ids = self.tokenizer.encode(prompt)?;
-        if ids.is_empty() {
-            return Err(Error::Input("the prompt is empty".into()));
-        }
         let media_token = self.model.manifest.special_tokens.media;
-        let markers = ids.iter().filter(|&&t| t == media_token).count();
-        if markers != n_media {
-            return Err(Error::Input(format!(
-                "the prompt has {markers} <image> marker(s) but {n_media} media item(s) were given"
-            )));
-        }
-        Ok(ids)
+        self.tokenizer.prompt_ids(prompt, media_token, n_media)
     }
 
     fn check_context(&self, len: usize) -> Result<()> {

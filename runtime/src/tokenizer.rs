@@ -38,6 +38,22 @@ impl Tokenizer {
         Ok(enc.get_ids().to_vec())
     }
 
+    /// Token ids of a prompt, its `media_token` markers checked against the
+    /// `n_media` media given.
+    pub fn prompt_ids(&self, prompt: &str, media_token: u32, n_media: usize) -> Result<Vec<u32>> {
+        let ids = self.encode(prompt)?;
+        if ids.is_empty() {
+            return Err(Error::Input("the prompt is empty".into()));
+        }
+        let markers = ids.iter().filter(|&&t| t == media_token).count();
+        if markers != n_media {
+            return Err(Error::Input(format!(
+                "the prompt has {markers} <image> marker(s) but {n_media} media item(s) were given"
+            )));
+        }
+        Ok(ids)
+    }
+
     /// Token ids of `text` without the special tokens the post-processor
     /// adds (`tokenizer(text, add_special_tokens=False)`): a continuation
     /// tokenized apart from its prompt.
