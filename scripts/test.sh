@@ -31,6 +31,7 @@ cargo test -p flamingo -p flamingo-runtime --features cuda,tensorrt --lib --bins
 # release one), installed into the venv, against the reference ids and scores
 wheel="$(scripts/python-wheel.sh --dev | tail -1)"
 .venv-test/bin/pip install --quiet --disable-pip-version-check --force-reinstall --no-deps "$wheel"
-(cd python && "$root/.venv-test/bin/python" -m pytest -q tests)
+# (from the root: python/flamingo, the sources, would shadow the installed package)
+.venv-test/bin/python -m pytest -q -p no:cacheprovider python/tests
 # Triton Inference Server serving the tiny model through `flamingo export-triton`
 FLAMINGO_BIN="$root/target/debug/flamingo" VENV="$root/.venv-test" scripts/triton-check.sh "$wheel"

@@ -34,6 +34,11 @@ pub struct Args {
     /// Bytes streamed to measure memory bandwidth
     #[arg(long, default_value_t = 1 << 30)]
     bandwidth_bytes: usize,
+    /// Also time `Pipeline::generate` end to end (what applications and the
+    /// Python package call): one image, greedy, 1 and 1 + this many new
+    /// tokens; the difference per token is the pipeline's decode step
+    #[arg(long, default_value_t = 0)]
+    generate_tokens: usize,
     /// Another export of the same model (e.g. the fp32 one, to compare a
     /// quantised export with): its decode steps are timed alternately with
     /// this export's (three rounds each, same prompts and batch sizes), so
@@ -80,6 +85,69 @@ pub struct Report {
     pub peak_rss_bytes: u64,
     pub run_peak_rss_bytes: Option<u64>,
     pub baseline: Option<Baseline>,
+    /// `--generate-tokens`.
+    #[serde(default)]
+    pub generate: Option<GenerateTiming>,
+}
+
+/// `Pipeline::generate` end to end (`--generate-tokens`): the prompt
+/// `<image>A photo of` with the bench's 640x480 image, greedy; medians.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct GenerateTiming {
+    pub new_tokens: usize,
+    pub one_token_ms: f64,
+    pub all_tokens_ms: f64,
+    /// `(all_tokens_ms - one_token_ms) / (new_tokens - 1)`.
+    pub per_token_ms: f64,
+}
+
+/// The prompt `--generate-tokens` times (and `scripts/python-overhead.py`).
+pub const GENERATE_PROMPT: &str = "<image>A photo of";
+
+fn generate_timing(a: &Args, img: &Rgb8) -> Result<GenerateTiming> {
+    let n = a.generate_tokens.max(2);
+    let mut p = a.load.pipeline(&a.model, a.backend, &a.gpu)?;
+    let path = std::env::temp_dir().join(format!("flamingo-bench-{}.png", std::process::id()));
+    image::RgbImage::from_raw(img.width as u32, img.height as u32, img.data.clone())
+        .ok_or_else(|| anyhow::anyhow!("the bench image"))?
+        .save(&path)?;
+    let run = |p: &mut flamingo_runtime::Pipeline, tokens: usize| -> Result<f64> {
+        let req = flamingo_runtime::Request {
+            prompt: GENERATE_PROMPT.into(),
+            media: vec![flamingo_runtime::Media::Image(path.clone())],
+            // a stop token no vocabulary has: every run makes all its tokens
+            options: flamingo_runtime::GenerateOptions {
+                max_new_tokens: tokens,
+                stop_tokens: vec![u32::MAX],
+                ..Default::default()
+            },
+        };
+        let t = Instant::now();
+        let g = p.generate(&req)?;
+        let ms = t.elapsed().as_secs_f64() * 1e3;
+        anyhow::ensure!(
+            g.sequences[0].generated_ids.len() == tokens,
+            "a short generation"
+        );
+        Ok(ms)
+    };
+    let timed = (|| {
+        run(&mut p, n)?; // warm-up (and the image into the media cache)
+        let (mut one, mut all) = (Vec::new(), Vec::new());
+        for _ in 0..a.iters.max(1) {
+            one.push(run(&mut p, 1)?);
+            all.push(run(&mut p, n)?);
+        }
+        Ok::<_, anyhow::Error>((median(one), median(all)))
+    })();
+    let _ = std::fs::remove_file(&path);
+    let (one, all) = timed?;
+    Ok(GenerateTiming {
+        new_tokens: n,
+        one_token_ms: one,
+        all_tokens_ms: all,
+        per_token_ms: (all - one) / (n - 1) as f64,
+    })
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -534,6 +602,10 @@ pub fn run(a: Args) -> Result<()> {
         .into_iter()
         .map(|(graph, provider)| Provider { graph, provider })
         .collect();
+    let generate = match a.generate_tokens {
+        0 => None,
+        _ => Some(generate_timing(&a, &img)?),
+    };
     let report = Report {
         model: a.model.clone(),
         backend: a.backend.as_str().into(),
@@ -559,6 +631,7 @@ pub fn run(a: Args) -> Result<()> {
             precision: b.manifest.precision,
             decode: versus,
         }),
+        generate,
     };
     if let Some(p) = &a.plot {
         crate::plot::write(&report, p)?;
@@ -624,6 +697,12 @@ pub fn run(a: Args) -> Result<()> {
                 v.shots, v.batch, v.prompt_tokens, v.p50_ms, v.baseline_p50_ms, v.speedup
             );
         }
+    }
+    if let Some(g) = &report.generate {
+        println!(
+            "Pipeline::generate: 1 token {:.1} ms, {} tokens {:.1} ms: {:.2} ms per token",
+            g.one_token_ms, g.new_tokens, g.all_tokens_ms, g.per_token_ms
+        );
     }
     let gb = |b: u64| b as f64 / 1e9;
     println!(

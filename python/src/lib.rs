@@ -8,7 +8,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{sync_channel, Receiver};
+use std::sync::mpsc::{channel, Receiver};
 use std::sync::{Arc, Mutex};
 
 use flamingo_calibration::weights::{BlockOptions, QuantizeSpec, WeightBits, WeightKind};
@@ -383,18 +383,15 @@ impl NativePipeline {
         media: &Bound<'_, PyAny>,
         options: &str,
     ) -> PyResult<String> {
+        let items = items_of(media)?;
         let dir = scratch()?;
         let inner = &self.inner;
-        let req = {
-            let p = lock(inner)?;
-            Request {
-                prompt,
-                media: media_of(items_of(media)?, dir.path(), &p.model.limits)?,
-                options: generate_options(&p, options)?,
-            }
-        };
+        // the lock is taken without the GIL: another thread's generation
+        // holding it does not stop this process's Python
         py.detach(|| {
-            let g = lock(inner)?.generate(&req).map_err(err)?;
+            let mut p = lock(inner)?;
+            let req = request_of(&p, prompt, items, options, dir.path())?;
+            let g = p.generate(&req).map_err(err)?;
             Ok(generation_json(&g))
         })
     }
@@ -407,19 +404,20 @@ impl NativePipeline {
     ) -> PyResult<Vec<(bool, String)>> {
         let dir = scratch()?;
         let inner = &self.inner;
-        let mut out: Vec<Option<(bool, String)>> = vec![None; requests.len()];
-        let mut reqs = Vec::new();
-        let mut at = Vec::new();
-        {
-            let p = lock(inner)?;
-            for (i, (prompt, media, options)) in requests.into_iter().enumerate() {
+        let n = requests.len();
+        let parsed: Vec<PyResult<(String, Vec<Item>, String)>> = requests
+            .into_iter()
+            .map(|(prompt, media, options)| Ok((prompt, items_of(&media)?, options)))
+            .collect();
+        py.detach(|| {
+            let mut p = lock(inner)?;
+            let mut out: Vec<Option<(bool, String)>> = vec![None; n];
+            let (mut reqs, mut at) = (Vec::new(), Vec::new());
+            for (i, r) in parsed.into_iter().enumerate() {
                 let sub = dir.path().join(i.to_string());
-                let made = std::fs::create_dir(&sub).map_err(err).and_then(|_| {
-                    Ok(Request {
-                        prompt,
-                        media: media_of(items_of(&media)?, &sub, &p.model.limits)?,
-                        options: generate_options(&p, &options)?,
-                    })
+                let made = r.and_then(|(prompt, items, options)| {
+                    std::fs::create_dir(&sub).map_err(err)?;
+                    request_of(&p, prompt, items, &options, &sub)
                 });
                 match made {
                     Ok(r) => {
@@ -429,53 +427,46 @@ impl NativePipeline {
                     Err(e) => out[i] = Some((false, format!("requests[{i}]: {e}"))),
                 }
             }
-        }
-        let results = py.detach(|| Ok::<_, PyErr>(lock(inner)?.generate_batch(&reqs)))?;
-        for (i, r) in at.into_iter().zip(results) {
-            out[i] = Some(match r {
-                Ok(g) => (true, generation_json(&g)),
-                Err(e) => (false, format!("requests[{i}]: {e}")),
-            });
-        }
-        Ok(out.into_iter().flatten().collect())
+            for (i, r) in at.into_iter().zip(p.generate_batch(&reqs)) {
+                out[i] = Some(match r {
+                    Ok(g) => (true, generation_json(&g)),
+                    Err(e) => (false, format!("requests[{i}]: {e}")),
+                });
+            }
+            Ok(out.into_iter().flatten().collect())
+        })
     }
 
     /// Streams tokens from a thread of its own: the pipeline stays locked
-    /// until the stream ends or is closed.
+    /// until the stream ends or is closed. The channel is unbounded (a
+    /// generation is at most `max_new_tokens` tokens), so an unread stream
+    /// never blocks the generation, nor the pipeline's next call.
     fn generate_stream(
         &self,
         prompt: String,
         media: &Bound<'_, PyAny>,
-        options: &str,
+        options: String,
     ) -> PyResult<Stream> {
+        let items = items_of(media)?;
         let dir = scratch()?;
-        let req = {
-            let p = lock(&self.inner)?;
-            Request {
-                prompt,
-                media: media_of(items_of(media)?, dir.path(), &p.model.limits)?,
-                options: generate_options(&p, options)?,
-            }
-        };
-        let (tx, rx) = sync_channel::<Event>(64);
+        let (tx, rx) = channel::<Event>();
         let cancel = Arc::new(AtomicBool::new(false));
         let (inner, stop) = (self.inner.clone(), cancel.clone());
         std::thread::Builder::new()
             .name("flamingo-stream".into())
             .spawn(move || {
-                let _dir = dir;
-                let done = match inner.lock() {
-                    Err(_) => Err(
-                        "the pipeline is unusable: an earlier call panicked inside it".to_string(),
-                    ),
-                    Ok(mut p) => p
-                        .generate_stream(&req, &mut |t| {
-                            !stop.load(Ordering::Relaxed)
-                                && tx.send(Event::Token(t.token, t.text.to_string())).is_ok()
-                        })
-                        .map(|g| generation_json(&g))
-                        .map_err(|e| e.to_string()),
-                };
+                let done = (|| {
+                    let mut p = lock(&inner)?;
+                    let req = request_of(&p, prompt, items, &options, dir.path())?;
+                    p.generate_stream(&req, &mut |t| {
+                        !stop.load(Ordering::Relaxed)
+                            && tx.send(Event::Token(t.token, t.text.to_string())).is_ok()
+                    })
+                    .map_err(err)
+                })()
+                .map(|g| generation_json(&g))
+                .map_err(|e| e.to_string());
+                drop(dir);
                 let _ = tx.send(Event::Done(done));
             })
             .map_err(|e| err(format!("cannot start the stream's thread: {e}")))?;
@@ -494,13 +485,13 @@ impl NativePipeline {
         media: &Bound<'_, PyAny>,
         candidates: Vec<String>,
     ) -> PyResult<String> {
+        let items = items_of(media)?;
         let dir = scratch()?;
         let inner = &self.inner;
-        let media = media_of(items_of(media)?, dir.path(), &lock(inner)?.model.limits)?;
         py.detach(|| {
-            let scores = lock(inner)?
-                .score(&prompt, &media, &candidates)
-                .map_err(err)?;
+            let mut p = lock(inner)?;
+            let media = media_of(items, dir.path(), &p.model.limits)?;
+            let scores = p.score(&prompt, &media, &candidates).map_err(err)?;
             let best = scores
                 .iter()
                 .enumerate()
@@ -509,6 +500,22 @@ impl NativePipeline {
             Ok(json!({"candidates": scores, "best": best}).to_string())
         })
     }
+}
+
+/// A request from what the Python half handed over: in-memory media
+/// written under `dir`, options parsed against `p`'s tokenizer.
+fn request_of(
+    p: &Pipeline,
+    prompt: String,
+    items: Vec<Item>,
+    options: &str,
+    dir: &Path,
+) -> PyResult<Request> {
+    Ok(Request {
+        prompt,
+        media: media_of(items, dir, &p.model.limits)?,
+        options: generate_options(p, options)?,
+    })
 }
 
 enum Event {
@@ -529,30 +536,28 @@ impl Stream {
     /// The next `(token_id, text)`; `None` at the end (the result is then
     /// in `result`).
     fn next_token(&self, py: Python<'_>) -> PyResult<Option<(u32, String)>> {
-        let mut guard = self.rx.lock().map_err(|_| err("the stream is unusable"))?;
-        let Some(rx) = guard.as_mut() else {
-            return Ok(None);
-        };
-        let ev = py.detach(move || rx.recv());
-        match ev {
-            Ok(Event::Token(id, text)) => Ok(Some((id, text))),
-            Ok(Event::Done(done)) => {
-                *guard = None;
-                match done {
-                    Ok(json) => {
-                        if let Ok(mut r) = self.result.lock() {
-                            *r = Some(json);
-                        }
-                        Ok(None)
+        // waits without the GIL, the stream's lock taken without it too
+        py.detach(|| {
+            let mut guard = self.rx.lock().map_err(|_| err("the stream is unusable"))?;
+            let Some(rx) = guard.as_mut() else {
+                return Ok(None);
+            };
+            match rx.recv() {
+                Ok(Event::Token(id, text)) => Ok(Some((id, text))),
+                Ok(Event::Done(done)) => {
+                    *guard = None;
+                    let json = done.map_err(err)?;
+                    if let Ok(mut r) = self.result.lock() {
+                        *r = Some(json);
                     }
-                    Err(e) => Err(err(e)),
+                    Ok(None)
+                }
+                Err(_) => {
+                    *guard = None;
+                    Err(err("the generation thread ended without a result"))
                 }
             }
-            Err(_) => {
-                *guard = None;
-                Err(err("the generation thread ended without a result"))
-            }
-        }
+        })
     }
 
     /// The generation's JSON once the stream has ended.

@@ -156,6 +156,11 @@ def test_stream_yields_the_generated_tokens(pipelines, backend):
     s.close()
     assert first.id == g.generated_ids[0]
     assert pipelines(fx, backend).generate(c["prompt"], imgs, max_new_tokens=10) == g
+    # an unread stream does not block the pipeline's next call (it waits
+    # for the stream's generation to end), and keeps its tokens
+    s = pipelines(fx, backend).generate_stream(c["prompt"], imgs, max_new_tokens=10)
+    assert pipelines(fx, backend).generate(c["prompt"], imgs, max_new_tokens=10) == g
+    assert [t.id for t in s] == g.generated_ids and s.result == g
 
 
 def test_images_as_paths_bytes_pil_and_numpy_agree(pipelines):
