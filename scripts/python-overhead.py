@@ -4,7 +4,7 @@ timed through `flamingo.Pipeline` and through `flamingo bench
 --generate-tokens`, alternately (Rust, Python, Rust, Python, ...), so that
 drift on a busy machine hits both alike.
 
-usage: python-overhead.py FLAMINGO_BIN MODEL [BACKEND] [N] [ROUNDS]
+usage: python-overhead.py FLAMINGO_BIN MODEL [BACKEND] [N] [ROUNDS] [WARMUP] [ITERS]
 """
 
 import json
@@ -21,6 +21,8 @@ bin, model = sys.argv[1], sys.argv[2]
 backend = sys.argv[3] if len(sys.argv) > 3 else "ort-cpu"
 n = int(sys.argv[4]) if len(sys.argv) > 4 else 32
 rounds = int(sys.argv[5]) if len(sys.argv) > 5 else 3
+warmup = int(sys.argv[6]) if len(sys.argv) > 6 else 3
+iters = int(sys.argv[7]) if len(sys.argv) > 7 else 5
 PROMPT = "<image>A photo of"  # cli/src/bench.rs GENERATE_PROMPT
 # the bench's synthetic 640x480 image, pixel for pixel
 img = (np.arange(640 * 480 * 3, dtype=np.int64) * 31 % 251).astype(np.uint8).reshape(480, 640, 3)
@@ -36,8 +38,9 @@ def run(tokens):
     return ms
 
 
-def python_round(iters=3):
-    run(n)
+def python_round():
+    for _ in range(warmup):
+        run(n)
     one, full = [], []
     for _ in range(iters):
         one.append(run(1))
@@ -48,7 +51,8 @@ def python_round(iters=3):
 def rust_round():
     out = subprocess.run(
         [bin, "bench", "--model", model, "--backend", backend, "--shots", "0", "--batch", "1",
-         "--new-tokens", "2", "--generate-tokens", str(n), "--json"],
+         "--new-tokens", "2", "--generate-tokens", str(n), "--warmup", str(warmup),
+         "--iters", str(iters), "--json"],
         check=True, capture_output=True, text=True,
     ).stdout
     return json.loads(out)["generate"]["per_token_ms"]
@@ -62,6 +66,7 @@ for _ in range(rounds):
 r, q = statistics.median(rs), statistics.median(py)
 print(json.dumps({
     "model": model, "backend": backend, "new_tokens": n, "rounds": rounds,
+    "warmup": warmup, "iters": iters,
     "rust_per_token_ms": r, "python_per_token_ms": q, "overhead": q / r - 1,
     "rust_rounds": rs, "python_rounds": py,
 }))

@@ -11,7 +11,7 @@
 #     onnxruntime from PyPI (scripts/triton_gpu_repo.py), so that its
 #     orchestrator runs end to end without a GPU.
 # Each server is stopped whatever happens; the whole check is bounded
-# (TRITON_CHECK_TIMEOUT, default 300 s).
+# (TRITON_CHECK_TIMEOUT, default 180 s).
 #   scripts/triton-check.sh [WHEEL]   (default: builds it with scripts/python-wheel.sh --dev)
 # Environment: FLAMINGO_BIN (default target/debug/flamingo, built if missing),
 # VENV (default .venv-test), TRITON_CHECK_REPORT (where the counters go).
@@ -41,7 +41,7 @@ cleanup() {
   rm -rf "$work"
 }
 trap cleanup EXIT
-deadline=$(( $(date +%s) + ${TRITON_CHECK_TIMEOUT:-300} ))
+deadline=$(( $(date +%s) + ${TRITON_CHECK_TIMEOUT:-180} ))
 left() { echo $(( deadline - $(date +%s) )); }
 
 fx="$root/tests/fixtures/tiny-llama"

@@ -153,6 +153,13 @@ pub struct Pipeline {
 /// Candidates scored per decoder call.
 const SCORE_CHUNK: usize = 8;
 
+/// A frame's vision tokens `[P, D]` and the hash of its file's content.
+type FrameTokens = (ArrayD<f32>, [u8; 32]);
+
+/// Images one vision-encoder call encodes at most (a prompt's uncached
+/// images go together).
+const VISION_BATCH: usize = 8;
+
 /// Default bound of the media cache.
 pub const DEFAULT_MEDIA_CACHE_BYTES: usize = 256 << 20;
 
@@ -217,48 +224,80 @@ impl Pipeline {
         Ok(())
     }
 
-    /// Vision tokens `[P, D]` of one image file, from the cache or
-    /// computed, and the hash of the file's content they are cached by.
-    fn frame_tokens(&mut self, path: &Path) -> Result<(ArrayD<f32>, [u8; 32])> {
+    /// Vision tokens `[P, D]` of every frame of `media` with the hash of
+    /// its file's content they are cached by: from the cache, or encoded
+    /// (the uncached frames of a prompt together, [`VISION_BATCH`] per call).
+    fn frames_tokens(&mut self, media: &[Media]) -> Result<Vec<Vec<FrameTokens>>> {
         let limits = self.model.limits;
-        let bytes = crate::limits::read_media(path, &limits)?;
-        let key: [u8; 32] = Sha256::digest(&bytes).into();
-        if let Some(t) = self.cache.get(&key) {
-            return Ok((t, key));
-        }
-        let img = decode_image_within(&bytes, limits.max_image_pixels).map_err(|message| {
-            Error::BadImage {
-                path: path.display().to_string(),
-                message,
+        let mut keys: Vec<Vec<[u8; 32]>> = Vec::new();
+        let mut have: std::collections::HashMap<[u8; 32], ArrayD<f32>> = Default::default();
+        let mut todo: Vec<([u8; 32], ndarray::Array3<f32>)> = Vec::new();
+        for m in media {
+            if m.frames().is_empty() {
+                return Err(Error::Input("a video with no frames".into()));
             }
-        })?;
-        let px = preprocess(&img, &self.model.manifest.preprocess).insert_axis(Axis(0));
-        let t = self
-            .model
-            .vision_tokens(px.into_dyn())?
-            .index_axis_move(Axis(0), 0);
-        self.cache.put(key, t.clone());
-        Ok((t, key))
+            let mut item = Vec::new();
+            for path in m.frames() {
+                let bytes = crate::limits::read_media(path, &limits)?;
+                let key: [u8; 32] = Sha256::digest(&bytes).into();
+                item.push(key);
+                if have.contains_key(&key) || todo.iter().any(|(k, _)| *k == key) {
+                    continue;
+                }
+                if let Some(t) = self.cache.get(&key) {
+                    have.insert(key, t);
+                    continue;
+                }
+                let img =
+                    decode_image_within(&bytes, limits.max_image_pixels).map_err(|message| {
+                        Error::BadImage {
+                            path: path.display().to_string(),
+                            message,
+                        }
+                    })?;
+                todo.push((key, preprocess(&img, &self.model.manifest.preprocess)));
+            }
+            keys.push(item);
+        }
+        for chunk in todo.chunks(VISION_BATCH) {
+            let views: Vec<_> = chunk.iter().map(|(_, px)| px.view()).collect();
+            let px = ndarray::stack(Axis(0), &views).map_err(|e| Error::Input(e.to_string()))?;
+            let tokens = self.model.vision_tokens(px.into_dyn())?;
+            for (i, (key, _)) in chunk.iter().enumerate() {
+                let t = tokens.index_axis(Axis(0), i).to_owned();
+                self.cache.put(*key, t.clone());
+                have.insert(*key, t);
+            }
+        }
+        keys.into_iter()
+            .map(|item| {
+                item.into_iter()
+                    .map(|k| {
+                        have.get(&k)
+                            .cloned()
+                            .map(|t| (t, k))
+                            .ok_or_else(|| Error::Input("vision tokens went missing".into()))
+                    })
+                    .collect()
+            })
+            .collect()
     }
 
     /// Latents `[1, T, n, D]` of a prompt's media.
     pub fn latents(&mut self, media: &[Media]) -> Result<ArrayD<f32>> {
         let mut per_item: Vec<(Vec<ArrayD<f32>>, [u8; 32])> = Vec::new();
-        for m in media {
-            if m.frames().is_empty() {
-                return Err(Error::Input("a video with no frames".into()));
-            }
+        for frames in self.frames_tokens(media)? {
             // an item's latents are cached by its frames' contents (not
             // their paths: a server writes each request's images anew)
             let mut h = Sha256::new();
             h.update(b"latents");
-            let mut frames = Vec::new();
-            for f in m.frames() {
-                let (t, key) = self.frame_tokens(f)?;
+            for (_, key) in &frames {
                 h.update(key);
-                frames.push(t);
             }
-            per_item.push((frames, h.finalize().into()));
+            per_item.push((
+                frames.into_iter().map(|(t, _)| t).collect(),
+                h.finalize().into(),
+            ));
         }
         let stack = |frames: &[ArrayD<f32>]| -> Result<ArrayD<f32>> {
             let views: Vec<_> = frames

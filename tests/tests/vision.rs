@@ -103,3 +103,65 @@ fn encode_from_pngs_is_close_to_the_reference(fx: &str, backend: BackendKind) ->
 }
 
 golden!([tiny_llama_video = "tiny-llama-video"] encode_from_pngs_is_close_to_the_reference);
+golden!([tiny_mpt = "tiny-mpt", tiny_neox = "tiny-neox", tiny_llama = "tiny-llama",
+         tiny_mosaic = "tiny-mosaic"]
+    a_prompts_images_encoded_together_equal_one_at_a_time);
+
+/// The pipeline encodes a prompt's uncached images in one vision-encoder
+/// call: its latents equal those of the images encoded one by one (to
+/// float32 round-off) and the reference's; a repeated image is encoded once.
+fn a_prompts_images_encoded_together_equal_one_at_a_time(
+    fx: &str,
+    backend: BackendKind,
+) -> Result<()> {
+    use flamingo_runtime::{Media, Pipeline};
+    let case = named_case(fx, "text-first")?;
+    let media: Vec<Media> = indices(&case["images"])
+        .into_iter()
+        .map(|i| Media::Image(fixture(fx).join(format!("images/img{i}.png"))))
+        .collect();
+    assert_eq!(media.len(), 3);
+    let mut together = Pipeline::load(&exported(fx)?, backend)?;
+    let batched = together.latents(&media)?;
+    // (the cache keeps vision tokens per image and latents per item)
+    let s = together.media_cache_stats();
+    assert_eq!(
+        (s.hits, s.misses),
+        (0, 6),
+        "{fx}: three encodings, three resamplings"
+    );
+    let mut alone = Pipeline::load(&exported(fx)?, backend)?;
+    let mut one_by_one = Vec::new();
+    for m in &media {
+        one_by_one.push(alone.latents(std::slice::from_ref(m))?);
+    }
+    let views: Vec<_> = one_by_one.iter().map(|l| l.view()).collect();
+    let one_by_one = ndarray::concatenate(ndarray::Axis(1), &views)?;
+    let diff = max_abs_diff(&batched, &one_by_one)?;
+    eprintln!("{backend} {fx}: batched vision encoder vs one by one: max abs {diff:.2e}");
+    assert!(diff <= tolerance::VISION, "{backend} {fx}: {diff}");
+    let reference = Expected::load(fx)?.get(
+        case["expect"]["latents"]
+            .as_str()
+            .context("expected latents")?,
+    )?;
+    let diff = max_abs_diff(&batched, &reference)?;
+    assert!(
+        diff <= tolerance::VISION,
+        "{backend} {fx}: {diff} from the reference"
+    );
+    // the same image twice is encoded once, and both items get its latents
+    let mut twice = Pipeline::load(&exported(fx)?, backend)?;
+    let l = twice.latents(&[media[0].clone(), media[0].clone()])?;
+    let s = twice.media_cache_stats();
+    assert_eq!(
+        (s.hits, s.misses),
+        (1, 2),
+        "{fx}: one encoding, one resampling"
+    );
+    assert_eq!(
+        l.index_axis(ndarray::Axis(1), 0),
+        l.index_axis(ndarray::Axis(1), 1)
+    );
+    Ok(())
+}
