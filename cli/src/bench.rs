@@ -70,6 +70,10 @@ pub struct Report {
     pub precision: flamingo_contract::Precision,
     pub providers: Vec<Provider>,
     pub load_ms: f64,
+    /// Where the load's time went: the check of the files, each graph's
+    /// session (built in parallel).
+    #[serde(default)]
+    pub load: flamingo_runtime::LoadTimes,
     pub preprocess_ms: f64,
     pub vision_encoder_ms_per_image: f64,
     /// Three images in one call (as a prompt's uncached images go), per image.
@@ -623,6 +627,7 @@ pub fn run(a: Args) -> Result<()> {
         precision: m.precision,
         providers,
         load_ms,
+        load: model.load_times.clone(),
         preprocess_ms: pre_ms,
         vision_encoder_ms_per_image: vision_ms,
         vision_encoder_ms_per_image_batch3: vision3_ms,
@@ -657,6 +662,19 @@ pub fn run(a: Args) -> Result<()> {
         a.model.display(),
         a.backend,
         m.precision
+    );
+    let l = &report.load;
+    let graphs: Vec<String> = l
+        .graphs
+        .iter()
+        .map(|g| format!("{} {:.0} ms, cache {}", g.role, g.ms, g.cache))
+        .collect();
+    println!(
+        "  load: files checked ({}) {:.0} ms; sessions {:.0} ms in parallel ({})",
+        l.verified_by,
+        l.verify_ms,
+        l.sessions_ms,
+        graphs.join(", ")
     );
     println!(
         "memory bandwidth {:.1} GB/s; decoder weights {:.2} GB -> roofline {roofline_ms:.1} ms/step",

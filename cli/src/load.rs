@@ -10,6 +10,13 @@ pub struct LoadArgs {
     /// sha256 (paths are still checked to stay inside the export)
     #[arg(long)]
     pub no_verify: bool,
+    /// Neither read nor write the optimised-graph cache beside the export
+    /// (`DIR/.flamingo-cache/`, where ONNX Runtime CPU keeps each graph
+    /// optimised with its weights prepacked, so that later loads skip that
+    /// work; it is keyed by the graphs' sha256s, ONNX Runtime's build and
+    /// the CPU, and rebuilt when any changes)
+    #[arg(long)]
+    pub no_graph_cache: bool,
     /// Media items (images, videos) per request at most
     #[arg(long, default_value_t = Limits::default().max_media)]
     pub max_media: usize,
@@ -32,6 +39,7 @@ impl LoadArgs {
         LoadOptions {
             gpu: gpu.options(),
             no_verify: self.no_verify,
+            no_graph_cache: self.no_graph_cache,
         }
     }
 

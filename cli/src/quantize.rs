@@ -19,7 +19,11 @@ pub struct Args {
     /// ort-cpu backend), int4 (MatMulNBits, 4 bits, ONNX Runtime only) or
     /// int4-flamingo (symmetric int4 blocks in this runtime's own kernel
     /// inside ONNX Runtime, int8 activations per 32 as int4's: the fastest
-    /// decode on AVX2 CPUs; flamingo's ort-cpu backend only)
+    /// decode on AVX2 CPUs; flamingo's ort-cpu backend only), or
+    /// int8-dynamic (int8 compute: per-channel int8 weights and activations
+    /// quantised per tensor at run time in ONNX Runtime's
+    /// DynamicQuantizeMatMul; with --include-vision the fastest time to
+    /// first token, on CPUs with VNNI or AMX most of all; ONNX Runtime only)
     #[arg(long, value_enum)]
     weights: WeightKind,
     /// Block size along K (int8-ort, int4, int4-flamingo) [default: 32]

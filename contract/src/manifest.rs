@@ -84,6 +84,10 @@ pub enum Precision {
     /// Static int8 QDQ graphs from calibration.
     #[serde(rename = "int8-qdq")]
     Int8Qdq,
+    /// int8 weights and run-time quantised int8 activations (integer
+    /// compute) in ONNX Runtime's `DynamicQuantizeMatMul`.
+    #[serde(rename = "int8-dynamic")]
+    Int8Dynamic,
 }
 
 impl Precision {
@@ -97,6 +101,7 @@ impl Precision {
             Precision::Int8WeightsFlamingo => "int8-weights-flamingo",
             Precision::Int4WeightsFlamingo => "int4-weights-flamingo",
             Precision::Int8Qdq => "int8-qdq",
+            Precision::Int8Dynamic => "int8-dynamic",
         }
     }
 }
@@ -399,6 +404,7 @@ mod tests {
             Precision::Int8WeightsFlamingo,
             Precision::Int4WeightsFlamingo,
             Precision::Int8Qdq,
+            Precision::Int8Dynamic,
         ] {
             let s = serde_json::to_string(&p).unwrap();
             assert_eq!(s, format!("\"{p}\""));

@@ -206,7 +206,7 @@ class Pipeline:
     backend: ``tract`` (pure Rust, the default), ``ort-cpu``, ``ort-cuda`` or
     ``ort-tensorrt`` (ONNX Runtime, found through ``ORT_DYLIB_PATH``).
 
-    options (as the CLI's flags): ``no_verify``, ``max_media``,
+    options (as the CLI's flags): ``no_verify``, ``no_graph_cache``, ``max_media``,
     ``max_media_bytes``, ``max_image_pixels``, ``max_beams``,
     ``max_candidates``, ``media_cache_bytes``; GPU: ``device_id``,
     ``gpu_mem_limit``, ``trt_fp16``, ``trt_int8``, ``trt_calibration``,

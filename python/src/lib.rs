@@ -327,6 +327,7 @@ impl NativePipeline {
         };
         let mut load = LoadOptions {
             no_verify: o.bool("no_verify", false)?,
+            no_graph_cache: o.bool("no_graph_cache", false)?,
             ..Default::default()
         };
         let gpu = &mut load.gpu;

@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use ndarray::ArrayD;
@@ -108,6 +108,53 @@ pub trait Backend: Send + Sync {
     fn name(&self) -> &'static str;
     /// Loads the `.onnx` at `path` (external data beside it).
     fn load(&self, path: &Path) -> Result<Box<dyn Session>>;
+    /// Loads like [`Backend::load`], through the optimised-graph cache of
+    /// `key` where this backend keeps one (ONNX Runtime CPU); says how.
+    fn load_cached(
+        &self,
+        path: &Path,
+        key: Option<&GraphKey>,
+    ) -> Result<(Box<dyn Session>, CacheUse)> {
+        let _ = key;
+        Ok((self.load(path)?, CacheUse::Off))
+    }
+}
+
+/// What an optimised graph is cached by: the verified sha256s of the graph
+/// and of its external data (the backend adds its own version and the
+/// CPU's features), and where the export's cache lives.
+#[derive(Clone, Debug)]
+pub struct GraphKey {
+    /// The export's cache directory (`DIR/.flamingo-cache`).
+    pub dir: PathBuf,
+    pub role: flamingo_contract::GraphRole,
+    pub sha256: String,
+    pub data_sha256: Option<String>,
+}
+
+/// How a session was made, as far as the optimised-graph cache goes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CacheUse {
+    /// No cache: the backend keeps none, the files were not verified, or
+    /// it is switched off.
+    Off,
+    /// Loaded from the cache.
+    Hit,
+    /// Optimised from the graph and saved to the cache for the next load.
+    Built,
+    /// Optimised from the graph; the cache could not be written (why).
+    Unwritable(String),
+}
+
+impl std::fmt::Display for CacheUse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CacheUse::Off => f.write_str("off"),
+            CacheUse::Hit => f.write_str("hit"),
+            CacheUse::Built => f.write_str("built"),
+            CacheUse::Unwritable(why) => write!(f, "not written: {why}"),
+        }
+    }
 }
 
 /// A loaded graph.

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use flamingo_contract::{io, GraphRole, Manifest};
 use ndarray::{Array4, ArrayD, Axis};
 
-use crate::backend::{Backend, BackendKind, Session, Value, ValueRef};
+use crate::backend::{Backend, BackendKind, CacheUse, GraphKey, Session, Value, ValueRef};
 use crate::limits::Limits;
 use crate::preprocess::{load_image_within, preprocess};
 use crate::{Error, Result};
@@ -48,6 +48,32 @@ pub struct Model {
     observer: Option<Observer>,
     /// Bounds on media and requests.
     pub limits: Limits,
+    /// Where the time of loading went.
+    pub load_times: LoadTimes,
+}
+
+/// Where the time of [`Model::load_opts`] went (milliseconds).
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
+pub struct LoadTimes {
+    /// Reading the manifest and checking the files against it.
+    pub verify_ms: f64,
+    /// How the files were checked: `sha256` (hashed now), `stamp` (hashed
+    /// at an earlier load and unchanged since: same size, inode, mtime and
+    /// ctime) or `skipped` (`--no-verify`).
+    pub verified_by: String,
+    /// Each graph's session (they are created in parallel).
+    pub graphs: Vec<GraphLoad>,
+    /// Creating every session, wall clock.
+    pub sessions_ms: f64,
+}
+
+/// One graph's part of [`LoadTimes`].
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct GraphLoad {
+    pub role: GraphRole,
+    pub ms: f64,
+    /// The optimised-graph cache: `hit`, `built`, `off` or `not written: why`.
+    pub cache: String,
 }
 
 /// Sees every graph run: the graph's role and all its outputs (calibration
@@ -60,8 +86,12 @@ pub struct LoadOptions {
     /// GPU provider settings (ignored by the CPU backends).
     pub gpu: crate::gpu::GpuOptions,
     /// Skip the sha256 check of every file (trusted paths; `--no-verify`).
-    /// Paths are checked to stay inside the export either way.
+    /// Paths are checked to stay inside the export either way. Unverified
+    /// files are never served from the optimised-graph cache.
     pub no_verify: bool,
+    /// Neither read nor write the optimised-graph cache
+    /// (`DIR/.flamingo-cache/`; `--no-graph-cache`).
+    pub no_graph_cache: bool,
 }
 
 impl Model {
@@ -86,10 +116,17 @@ impl Model {
 
     /// Loads an export with `opts`.
     pub fn load_opts(dir: &Path, backend: BackendKind, opts: &LoadOptions) -> Result<Model> {
+        let t0 = std::time::Instant::now();
         let manifest = Manifest::load(dir)?;
-        crate::verify::check(dir, &manifest, !opts.no_verify)?;
+        let verified_by = crate::verify::check(dir, &manifest, !opts.no_verify)?;
+        let verify_ms = ms(t0);
         let be = backend.create_for(Some(&manifest), &opts.gpu)?;
-        Self::load_with(dir, manifest, be.as_ref(), backend)
+        let cache = (verified_by != crate::verify::Verified::Skipped && !opts.no_graph_cache)
+            .then(|| dir.join(crate::verify::CACHE_DIR));
+        let mut model = Self::load_with(dir, manifest, be.as_ref(), backend, cache.as_deref())?;
+        model.load_times.verify_ms = verify_ms;
+        model.load_times.verified_by = verified_by.to_string();
+        Ok(model)
     }
 
     fn load_with(
@@ -97,6 +134,7 @@ impl Model {
         manifest: Manifest,
         be: &dyn Backend,
         kind: BackendKind,
+        cache: Option<&Path>,
     ) -> Result<Model> {
         let path = |role: GraphRole| -> Result<PathBuf> {
             let g = manifest.graph(role)?;
@@ -112,10 +150,69 @@ impl Model {
             crate::verify::graph_io(&p, role, g)?;
             Ok(p)
         };
-        let vision = be.load(&path(GraphRole::VisionEncoder)?)?;
-        let resampler = be.load(&path(GraphRole::Resampler)?)?;
-        let media_kv = be.load(&path(GraphRole::MediaKv)?)?;
-        let decoder = be.load(&path(GraphRole::Decoder)?)?;
+        // the graphs' sessions are built on threads of their own, which
+        // overlaps one's reading and optimising with another's
+        let roles = [
+            GraphRole::VisionEncoder,
+            GraphRole::Resampler,
+            GraphRole::MediaKv,
+            GraphRole::Decoder,
+        ];
+        let paths = roles.map(path).into_iter().collect::<Result<Vec<_>>>()?;
+        let keys: Vec<Option<GraphKey>> = roles
+            .iter()
+            .map(|&role| {
+                let g = manifest.graph(role).ok()?;
+                let sha = |f: &String| manifest.files.get(f).cloned();
+                Some(GraphKey {
+                    dir: cache?.to_path_buf(),
+                    role,
+                    sha256: sha(&g.file)?,
+                    data_sha256: match &g.data_file {
+                        Some(f) => Some(sha(f)?),
+                        None => None,
+                    },
+                })
+            })
+            .collect();
+        let t0 = std::time::Instant::now();
+        type Loaded = (Box<dyn Session>, CacheUse, f64);
+        let loaded: Vec<Result<Loaded>> = std::thread::scope(|sc| {
+            let handles: Vec<_> = paths
+                .iter()
+                .zip(&keys)
+                .map(|(p, key)| {
+                    sc.spawn(move || -> Result<Loaded> {
+                        let t = std::time::Instant::now();
+                        let (s, cache) = be.load_cached(p, key.as_ref())?;
+                        Ok((s, cache, ms(t)))
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join().unwrap_or_else(|_| {
+                        Err(Error::Input("a thread loading a graph failed".into()))
+                    })
+                })
+                .collect()
+        });
+        let sessions_ms = ms(t0);
+        let mut graphs = Vec::new();
+        let mut sessions = Vec::new();
+        for (role, r) in roles.into_iter().zip(loaded) {
+            let (s, cache, ms) = r?;
+            graphs.push(GraphLoad {
+                role,
+                ms,
+                cache: cache.to_string(),
+            });
+            sessions.push(s);
+        }
+        let [vision, resampler, media_kv, decoder]: [Box<dyn Session>; 4] = sessions
+            .try_into()
+            .map_err(|_| Error::Input("a graph failed to load".into()))?;
         Ok(Model {
             dir: dir.to_path_buf(),
             manifest,
@@ -126,6 +223,11 @@ impl Model {
             decoder: Some(decoder),
             observer: None,
             limits: Limits::default(),
+            load_times: LoadTimes {
+                graphs,
+                sessions_ms,
+                ..Default::default()
+            },
         })
     }
 
@@ -334,4 +436,8 @@ fn take(out: &mut HashMap<String, Value>, name: &str) -> Result<ArrayD<f32>> {
     out.remove(name)
         .ok_or_else(|| Error::Input(format!("the graph did not return `{name}`")))?
         .into_f32(name)
+}
+
+fn ms(t: std::time::Instant) -> f64 {
+    t.elapsed().as_secs_f64() * 1e3
 }

@@ -11,7 +11,7 @@ use ort::session::builder::GraphOptimizationLevel;
 use ort::session::Session as OrtSession;
 use ort::value::{Tensor, TensorRef};
 
-use crate::backend::{Backend, Session, Value, ValueRef};
+use crate::backend::{Backend, CacheUse, GraphKey, Session, Value, ValueRef};
 use crate::{Error, Result};
 
 fn err(backend: &str, e: impl std::fmt::Display) -> Error {
@@ -188,6 +188,71 @@ impl Backend for OrtBackend {
         self.name
     }
     fn load(&self, path: &Path) -> Result<Box<dyn Session>> {
+        self.build(path, Build::Source)
+    }
+
+    fn load_cached(
+        &self,
+        path: &Path,
+        key: Option<&GraphKey>,
+    ) -> Result<(Box<dyn Session>, CacheUse)> {
+        match key {
+            Some(key) if self.name == "ort-cpu" => self.through_cache(path, key),
+            _ => Ok((self.load(path)?, CacheUse::Off)),
+        }
+    }
+}
+
+/// What [`OrtBackend::build`] builds a session from.
+enum Build<'a> {
+    /// The export's graph, optimised now.
+    Source,
+    /// The export's graph, optimised now and saved (prepacked weights
+    /// included) as the `.onnx` at this path.
+    Save(&'a Path),
+    /// A graph saved by `Save`: already optimised.
+    Cached,
+}
+
+/// The file name of a cached optimised graph (its data beside it).
+const CACHED_GRAPH: &str = "graph.onnx";
+
+impl OrtBackend {
+    /// A session for `path` from the optimised-graph cache, or optimised
+    /// now and saved there; the plain load where the cache cannot be
+    /// written (a read-only export, a full disk).
+    fn through_cache(&self, path: &Path, key: &GraphKey) -> Result<(Box<dyn Session>, CacheUse)> {
+        use crate::graph_cache;
+        let id = graph_cache::id(key, "ort", ort::info());
+        let entry = graph_cache::entry_dir(key, "ort", &id);
+        if graph_cache::valid(&entry, &id) {
+            if let Ok(s) = self.build(&entry.join(CACHED_GRAPH), Build::Cached) {
+                return Ok((s, CacheUse::Hit));
+            }
+            graph_cache::discard(&entry);
+        }
+        let tmp = match graph_cache::staging(key, "ort") {
+            Ok(t) => t,
+            Err(e) => return Ok((self.load(path)?, CacheUse::Unwritable(e.to_string()))),
+        };
+        match self.build(path, Build::Save(&tmp.join(CACHED_GRAPH))) {
+            Ok(s) => match graph_cache::commit(&tmp, &entry, &id) {
+                Ok(()) => Ok((s, CacheUse::Built)),
+                Err(e) => Ok((s, CacheUse::Unwritable(e.to_string()))),
+            },
+            Err(e) => {
+                graph_cache::discard(&tmp);
+                // a graph that does not load gives its own error here
+                let s = self.load(path)?;
+                Ok((
+                    s,
+                    CacheUse::Unwritable(format!("saving the optimised graph: {e}")),
+                ))
+            }
+        }
+    }
+
+    fn build(&self, path: &Path, how: Build<'_>) -> Result<Box<dyn Session>> {
         let name = self.name;
         let ctx = |e: ort::Error| {
             let hint = if name == "ort-cpu" {
@@ -201,9 +266,13 @@ impl Backend for OrtBackend {
             err(name, format!("loading {}: {e}{hint}", path.display()))
         };
         let eps = self.dispatch(path)?;
+        let level = match how {
+            Build::Cached => GraphOptimizationLevel::Disable,
+            _ => GraphOptimizationLevel::Level3,
+        };
         let mut b = OrtSession::builder(&self.env)
             .map_err(ctx)?
-            .with_optimization_level(GraphOptimizationLevel::Level3)
+            .with_optimization_level(level)
             .map_err(|e| ctx(e.into()))?
             .with_intra_threads(self.threads)
             .map_err(|e| ctx(e.into()))?
@@ -212,6 +281,27 @@ impl Backend for OrtBackend {
             .map_err(|e| ctx(e.into()))?;
         if !eps.is_empty() {
             b = b.with_execution_providers(eps).map_err(|e| ctx(e.into()))?;
+        }
+        if let Build::Save(to) = how {
+            let data = format!(
+                "{}.data",
+                to.file_name().and_then(|f| f.to_str()).unwrap_or("")
+            );
+            b = b
+                .with_optimized_model_path(to)
+                .map_err(|e| ctx(e.into()))?
+                .with_config_entry(
+                    "session.optimized_model_external_initializers_file_name",
+                    data,
+                )
+                .map_err(|e| ctx(e.into()))?
+                .with_config_entry(
+                    "session.optimized_model_external_initializers_min_size_in_bytes",
+                    "1024",
+                )
+                .map_err(|e| ctx(e.into()))?
+                .with_config_entry("session.save_external_prepacked_constant_initializers", "1")
+                .map_err(|e| ctx(e.into()))?;
         }
         let session = {
             // ONNX Runtime adds a custom domain to its process-wide version map at the first

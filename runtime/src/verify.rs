@@ -1,8 +1,10 @@
 //! An export checked before it is run: every path the manifest names stays
 //! inside the export directory (no `..`, nothing absolute), is a regular
 //! file, and (unless the caller trusts it) has the sha256 the manifest
-//! records, read memory-mapped and hashed on every core; so a corrupted
-//! `.onnx.data` is refused with the file's name instead of running.
+//! records, hashed on every core; so a corrupted `.onnx.data` is refused
+//! with the file's name instead of running. Files hashed once are stamped
+//! (in `.flamingo-cache/verified.json` inside the export) by what changes
+//! whenever their bytes do, and not hashed again until that changes.
 
 use std::path::{Component, Path, PathBuf};
 
@@ -24,34 +26,133 @@ pub fn inside(dir: &Path, rel: &str) -> Result<PathBuf> {
     Ok(dir.join(p))
 }
 
-/// sha256 (hex) of the file at `path`, memory-mapped.
+/// sha256 (hex) of the file at `path`, read in 4 MiB blocks (faster than
+/// a memory map here, and a file truncated under us is an error, not a
+/// SIGBUS).
 pub fn sha256(path: &Path) -> Result<String> {
+    use std::io::Read;
     let io = |source| Error::Io {
         path: path.display().to_string(),
         source,
     };
-    let f = std::fs::File::open(path).map_err(io)?;
-    let len = f.metadata().map_err(io)?.len();
+    let mut f = std::fs::File::open(path).map_err(io)?;
     let mut h = Sha256::new();
-    if len > 0 {
-        // SAFETY: read-only; a file truncated under us ends the process
-        // like any mmap reader, the check below names a changed file
-        let map = unsafe { memmap2::Mmap::map(&f) }.map_err(io)?;
-        for chunk in map.chunks(8 << 20) {
-            h.update(chunk);
-        }
+    let mut buf = vec![0u8; 4 << 20];
+    loop {
+        let n = match f.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(io(e)),
+        };
+        h.update(&buf[..n]);
     }
     Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
 }
 
+/// How [`check`] found the files to be what the manifest says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verified {
+    /// At least one file was hashed now.
+    Sha256,
+    /// Every file was hashed at an earlier load and is unchanged since.
+    Stamp,
+    /// Hashes were not checked (`--no-verify`).
+    Skipped,
+}
+
+impl std::fmt::Display for Verified {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Verified::Sha256 => "sha256",
+            Verified::Stamp => "stamp",
+            Verified::Skipped => "skipped",
+        })
+    }
+}
+
+/// Where a load records the files it hashed, inside the export.
+pub const CACHE_DIR: &str = ".flamingo-cache";
+const STAMPS: &str = "verified.json";
+
+/// What identifies one version of a file without reading it: a write, a
+/// rename over it, a copy or a truncation changes at least one of these
+/// (ctime is set by the kernel on every change and cannot be set back by
+/// a user), so a stamp whose metadata all match names the bytes that were
+/// hashed.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub(crate) struct FileId {
+    size: u64,
+    dev: u64,
+    ino: u64,
+    mtime_ns: i128,
+    ctime_ns: i128,
+}
+
+impl FileId {
+    #[cfg(unix)]
+    pub(crate) fn of(path: &Path) -> Option<FileId> {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::metadata(path).ok()?;
+        let ns = |s: i64, n: i64| i128::from(s) * 1_000_000_000 + i128::from(n);
+        Some(FileId {
+            size: m.len(),
+            dev: m.dev(),
+            ino: m.ino(),
+            mtime_ns: ns(m.mtime(), m.mtime_nsec()),
+            ctime_ns: ns(m.ctime(), m.ctime_nsec()),
+        })
+    }
+    #[cfg(not(unix))]
+    pub(crate) fn of(_: &Path) -> Option<FileId> {
+        None
+    }
+}
+
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+struct Stamp {
+    id: FileId,
+    sha256: String,
+}
+
+/// The stamps of `dir`'s files hashed at earlier loads (none when absent
+/// or unreadable: then everything is hashed).
+fn read_stamps(dir: &Path) -> std::collections::BTreeMap<String, Stamp> {
+    let p = dir.join(CACHE_DIR).join(STAMPS);
+    match std::fs::read(&p) {
+        Ok(b) if b.len() < (16 << 20) => serde_json::from_slice(&b).unwrap_or_default(),
+        _ => Default::default(),
+    }
+}
+
+/// Records `stamps` for the next load: written to a temporary file and
+/// renamed. Best effort: an export on a read-only path is hashed each time.
+fn write_stamps(dir: &Path, stamps: &std::collections::BTreeMap<String, Stamp>) {
+    let cache = dir.join(CACHE_DIR);
+    let Ok(json) = serde_json::to_vec_pretty(stamps) else {
+        return;
+    };
+    let tmp = cache.join(format!("{STAMPS}.{}.tmp", std::process::id()));
+    let ok = std::fs::create_dir_all(&cache).is_ok()
+        && std::fs::write(&tmp, json).is_ok()
+        && std::fs::rename(&tmp, cache.join(STAMPS)).is_ok();
+    if !ok {
+        let _ = std::fs::remove_file(&tmp);
+    }
+}
+
 /// Checks the paths of `m` (the export at `dir`) and, when `hashes`, every
-/// file's sha256 against the manifest.
-pub fn check(dir: &Path, m: &Manifest, hashes: bool) -> Result<()> {
+/// file's sha256 against the manifest. A file hashed at an earlier load
+/// and unchanged since (its [`FileId`] the same) is not hashed again; the
+/// files hashed now are stamped for the next load once they are older
+/// than a second (a file changed within the clock's tick of its last
+/// change could keep its ctime).
+pub fn check(dir: &Path, m: &Manifest, hashes: bool) -> Result<Verified> {
     let mut files = Vec::new();
     for (name, want) in &m.files {
         let p = inside(dir, name)?;
         crate::limits::regular_file(&p, u64::MAX, "")?;
-        files.push((p, want.clone()));
+        files.push((name.clone(), p, want.clone()));
     }
     for (role, g) in &m.graphs {
         for f in std::iter::once(&g.file).chain(g.data_file.as_ref()) {
@@ -65,10 +166,55 @@ pub fn check(dir: &Path, m: &Manifest, hashes: bool) -> Result<()> {
         }
     }
     if !hashes {
-        return Ok(());
+        return Ok(Verified::Skipped);
     }
-    // the largest first, spread over the cores
-    files.sort_by_key(|(p, _)| std::cmp::Reverse(std::fs::metadata(p).map_or(0, |m| m.len())));
+    let mut stamps = read_stamps(dir);
+    let stamped = |name: &str, want: &str, id: &Option<FileId>| {
+        stamps
+            .get(name)
+            .is_some_and(|s| s.sha256 == want && id.as_ref() == Some(&s.id))
+    };
+    let mut todo = Vec::new();
+    for (name, p, want) in files {
+        let id = FileId::of(&p);
+        if !stamped(&name, &want, &id) {
+            todo.push((name, p, want, id));
+        }
+    }
+    if todo.is_empty() {
+        return Ok(Verified::Stamp);
+    }
+    let started = std::time::SystemTime::now();
+    hash_all(&todo)?;
+    let settled = started
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as i128)
+        - 1_000_000_000;
+    let mut changed = false;
+    for (name, p, want, id) in todo {
+        match id {
+            Some(id) if id.ctime_ns < settled && FileId::of(&p).as_ref() == Some(&id) => {
+                stamps.insert(name, Stamp { id, sha256: want });
+                changed = true;
+            }
+            _ => {
+                stamps.remove(&name);
+            }
+        }
+    }
+    stamps.retain(|name, _| m.files.contains_key(name));
+    if changed {
+        write_stamps(dir, &stamps);
+    }
+    Ok(Verified::Sha256)
+}
+
+/// Hashes `files` (name, path, the manifest's sha256, id), the largest
+/// first, spread over the cores; the first mismatch is the error.
+fn hash_all(files: &[(String, PathBuf, String, Option<FileId>)]) -> Result<()> {
+    let mut order: Vec<usize> = (0..files.len()).collect();
+    order
+        .sort_by_key(|&i| std::cmp::Reverse(std::fs::metadata(&files[i].1).map_or(0, |m| m.len())));
     let threads = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
         .min(files.len().max(1));
@@ -79,7 +225,7 @@ pub fn check(dir: &Path, m: &Manifest, hashes: bool) -> Result<()> {
                 sc.spawn(|| -> Result<()> {
                     loop {
                         let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        let Some((p, want)) = files.get(i) else {
+                        let Some((_, p, want, _)) = order.get(i).map(|&i| &files[i]) else {
                             return Ok(());
                         };
                         let got = sha256(p)?;

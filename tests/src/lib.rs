@@ -99,6 +99,70 @@ pub fn export_options(name: &str, out: &Path) -> Result<ExportOptions> {
     })
 }
 
+/// Full-prompt logits of `ids` over `media` (encoded from their files),
+/// one pass over an empty cache.
+pub fn prompt_logits(
+    model: &mut flamingo_runtime::Model,
+    media: &[flamingo_runtime::Media],
+    ids: &[i64],
+) -> Result<ndarray::ArrayD<f32>> {
+    use flamingo_runtime::decoder::{media_time, position_ids};
+    let enc = model.encode(media)?;
+    let kv = model.media_kv(enc.latents)?;
+    let n = ids.len();
+    let row = |v: Vec<i64>| ndarray::Array2::from_shape_vec((1, n), v);
+    let media_token = model.manifest.special_tokens.media as i64;
+    let step = flamingo_runtime::Step {
+        input_ids: row(ids.to_vec())?,
+        attention_mask: row(vec![1; n])?,
+        position_ids: row(position_ids(&vec![1; n]))?,
+        media_time: row(media_time(ids, media_token))?,
+        keep: n,
+    };
+    let mut cache = model.empty_cache(1);
+    Ok(model.decode(&step, &kv, &mut cache)?)
+}
+
+/// Full-prompt logits of every case with reference logits, from the PNGs.
+pub fn case_logits(
+    model: &mut flamingo_runtime::Model,
+    fx: &str,
+) -> Result<Vec<(String, ndarray::ArrayD<f32>)>> {
+    let mut out = Vec::new();
+    for case in cases(fx)?["cases"].as_array().context("cases")? {
+        if case["expect"]["logits"].as_str().is_none() {
+            continue;
+        }
+        let frames: Vec<usize> = match case.get("frames") {
+            Some(f) => indices(f),
+            None => indices(&case["images"]),
+        };
+        let paths: Vec<_> = frames
+            .iter()
+            .map(|i| fixture(fx).join(format!("images/img{i}.png")))
+            .collect();
+        let media: Vec<flamingo_runtime::Media> = if case.get("frames").is_some() {
+            vec![flamingo_runtime::Media::Video(paths)]
+        } else {
+            paths
+                .into_iter()
+                .map(flamingo_runtime::Media::Image)
+                .collect()
+        };
+        let ids: Vec<i64> = case["input_ids"]
+            .as_array()
+            .context("ids")?
+            .iter()
+            .filter_map(|v| v.as_i64())
+            .collect();
+        out.push((
+            case["name"].as_str().unwrap_or("").to_string(),
+            prompt_logits(model, &media, &ids)?,
+        ));
+    }
+    Ok(out)
+}
+
 /// A private, mutable copy of a fixture in the scratch directory.
 pub fn copy_fixture(name: &str, tag: &str) -> Result<PathBuf> {
     let dst = scratch().join(format!("copy-{name}-{tag}"));

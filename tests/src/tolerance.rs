@@ -61,7 +61,12 @@ const LOGITS_COSINE: &[(&str, &str, f64)] = &[
     ("int4-fastest-gptq", "*", 0.975),
     ("int4-flamingo", "*", 0.96),
     ("qdq-entropy", "*", 0.98),
+    // integer compute: every graph's products in int8 (the floor)
+    ("int8-dynamic", "*", 0.995),
 ];
+
+/// int8 compute's vision tokens and latents against fp32's, cosine.
+pub const INT8_COMPUTE_VISION_COSINE: f64 = 0.999;
 
 /// The logits cosine `variant` must reach against fp32 on `fixture`.
 pub fn logits_cosine(variant: &Variant, fixture: &str) -> f64 {

@@ -5,7 +5,9 @@
 use std::path::PathBuf;
 
 use anyhow::Result;
-use flamingo_calibration::weights::{quantize_decoder, BlockOptions, WeightBits};
+use flamingo_calibration::weights::{
+    quantize_decoder, quantize_weights_opts, BlockOptions, WeightBits,
+};
 use flamingo_contract::{GraphRole, Precision};
 use flamingo_runtime::BackendKind;
 
@@ -56,6 +58,12 @@ impl Variant {
         build: |fx| gptq_int4(fx, 32, &BlockOptions::default()),
     };
 
+    pub const INT8_DYNAMIC: Variant = Variant {
+        name: "int8-dynamic",
+        backend: BackendKind::OrtCpu,
+        build: |fx| quantized_all(fx, WeightBits::Int8Dynamic),
+    };
+
     /// The variant's export of fixture `fx`.
     pub fn export(&self, fx: &str) -> Result<PathBuf> {
         (self.build)(fx)
@@ -77,6 +85,19 @@ pub fn quantized(fx: &str, bits: WeightBits) -> Result<PathBuf> {
             quantize_decoder(g, bits, None, &BlockOptions::default()).map(Some)
         } else {
             Ok(None)
+        }
+    })
+}
+
+/// Every graph of the fixture quantised to `bits` (round to nearest), as
+/// `flamingo quantize --include-vision` writes it.
+pub fn quantized_all(fx: &str, bits: WeightBits) -> Result<PathBuf> {
+    let tag = format!("{}-all", bits.name());
+    converted_as(fx, &tag, bits.precision(), &move |role, g| {
+        let opts = BlockOptions::default();
+        match role {
+            GraphRole::Decoder => quantize_decoder(g, bits, None, &opts).map(Some),
+            _ => quantize_weights_opts(g, bits, None, &opts).map(Some),
         }
     })
 }

@@ -6,7 +6,7 @@
 use anyhow::{Context, Result};
 use flamingo_contract::GraphRole;
 use flamingo_graphs::onnx::{self, WriteOptions};
-use flamingo_runtime::decoder::{media_time, position_ids};
+use flamingo_runtime::decoder::media_time;
 use flamingo_runtime::{BackendKind, GenerateOptions, Media, Model, Pipeline, Request, Step};
 use flamingo_tests::variant::{gptq_int4, quantized};
 use flamingo_tests::*;
@@ -42,54 +42,8 @@ fn reading_an_export_back_and_writing_it_gives_the_same_bytes() -> Result<()> {
     Ok(())
 }
 
-/// Full-prompt logits of every case with reference logits, from the PNGs.
-fn case_logits(model: &mut Model, fx: &str) -> Result<Vec<(String, ndarray::ArrayD<f32>)>> {
-    let mut out = Vec::new();
-    for case in cases(fx)?["cases"].as_array().context("cases")? {
-        if case["expect"]["logits"].as_str().is_none() {
-            continue;
-        }
-        let frames: Vec<usize> = match case.get("frames") {
-            Some(f) => indices(f),
-            None => indices(&case["images"]),
-        };
-        let paths: Vec<_> = frames
-            .iter()
-            .map(|i| fixture(fx).join(format!("images/img{i}.png")))
-            .collect();
-        let media: Vec<Media> = if case.get("frames").is_some() {
-            vec![Media::Video(paths)]
-        } else {
-            paths.into_iter().map(Media::Image).collect()
-        };
-        let enc = model.encode(&media)?;
-        let kv = model.media_kv(enc.latents)?;
-        let ids: Vec<i64> = case["input_ids"]
-            .as_array()
-            .context("ids")?
-            .iter()
-            .filter_map(|v| v.as_i64())
-            .collect();
-        let n = ids.len();
-        let row = |v: Vec<i64>| Array2::from_shape_vec((1, n), v);
-        let step = Step {
-            input_ids: row(ids.clone())?,
-            attention_mask: row(vec![1; n])?,
-            position_ids: row(position_ids(&vec![1; n]))?,
-            media_time: row(media_time(&ids, 401))?,
-            keep: n,
-        };
-        let mut cache = model.empty_cache(1);
-        out.push((
-            case["name"].as_str().unwrap_or("").to_string(),
-            model.decode(&step, &kv, &mut cache)?,
-        ));
-    }
-    Ok(out)
-}
-
 per_variant!(logits_stay_close_to_fp32
-    [FP16_TRACT, FP16_ORT, INT8_TRACT, INT8_ORT, INT8_NBITS, INT4, INT4_GPTQ]
+    [FP16_TRACT, FP16_ORT, INT8_TRACT, INT8_ORT, INT8_NBITS, INT4, INT4_GPTQ, INT8_DYNAMIC]
     [tiny_mpt = "tiny-mpt", tiny_neox = "tiny-neox", tiny_llama = "tiny-llama",
      tiny_llama_video = "tiny-llama-video", tiny_mosaic = "tiny-mosaic"]);
 per_variant!(greedy_ids_match_fp32_where_the_margin_allows
@@ -119,6 +73,41 @@ fn logits_stay_close_to_fp32(fx: &str, v: Variant) -> Result<()> {
             v.name,
             v.backend
         );
+    }
+    Ok(())
+}
+
+per_variant!(vision_tokens_and_latents_stay_close_to_fp32
+    [INT8_DYNAMIC]
+    [tiny_mpt = "tiny-mpt", tiny_neox = "tiny-neox", tiny_llama = "tiny-llama",
+     tiny_llama_video = "tiny-llama-video", tiny_mosaic = "tiny-mosaic"]);
+
+/// int8 compute's vision encoder and resampler on every fixture image
+/// (and video) against fp32's: cosine of the vision tokens and of the
+/// latents at least [`tolerance::INT8_COMPUTE_VISION_COSINE`].
+fn vision_tokens_and_latents_stay_close_to_fp32(fx: &str, v: Variant) -> Result<()> {
+    let mut a = Model::load(&exported(fx)?, v.backend)?;
+    let mut b = Model::load(&v.export(fx)?, v.backend)?;
+    let images: Vec<_> = std::fs::read_dir(fixture(fx).join("images"))?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "png"))
+        .collect();
+    anyhow::ensure!(!images.is_empty(), "{fx}: no images");
+    let media: Vec<Media> = if fx.ends_with("video") {
+        vec![Media::Video(images)]
+    } else {
+        images.into_iter().map(Media::Image).collect()
+    };
+    let (ea, eb) = (a.encode(&media)?, b.encode(&media)?);
+    let floor = tolerance::INT8_COMPUTE_VISION_COSINE;
+    for (what, x, y) in [
+        ("vision tokens", &ea.vision_tokens, &eb.vision_tokens),
+        ("latents", &ea.latents, &eb.latents),
+    ] {
+        let c = cosine(x, y)?;
+        eprintln!("{} {fx} {what}: cosine {c:.6}", v.name);
+        assert!(c >= floor, "{} {fx} {what}: cosine {c} < {floor}", v.name);
     }
     Ok(())
 }

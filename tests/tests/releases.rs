@@ -474,32 +474,19 @@ fn a_snapshot_directory_stands_for_its_weights_file() -> Result<()> {
 
 /// Full-prompt logits of the `fewshot2` case from its PNGs.
 fn case_logits(dir: &Path) -> Result<ndarray::ArrayD<f32>> {
-    use flamingo_runtime::decoder::{media_time, position_ids};
     let mut model = flamingo_runtime::Model::load(dir, flamingo_runtime::BackendKind::Tract)?;
     let case = named_case(FX, "fewshot2")?;
     let media: Vec<_> = indices(&case["images"])
         .into_iter()
         .map(|i| flamingo_runtime::Media::Image(fixture(FX).join(format!("images/img{i}.png"))))
         .collect();
-    let latents = model.encode(&media)?.latents;
-    let kv = model.media_kv(latents)?;
     let ids: Vec<i64> = case["input_ids"]
         .as_array()
         .context("ids")?
         .iter()
         .filter_map(|v| v.as_i64())
         .collect();
-    let n = ids.len();
-    let row = |v: Vec<i64>| ndarray::Array2::from_shape_vec((1, n), v);
-    let step = flamingo_runtime::Step {
-        input_ids: row(ids.clone())?,
-        attention_mask: row(vec![1; n])?,
-        position_ids: row(position_ids(&vec![1; n]))?,
-        media_time: row(media_time(&ids, model.manifest.special_tokens.media as i64))?,
-        keep: n,
-    };
-    let mut cache = model.empty_cache(1);
-    Ok(model.decode(&step, &kv, &mut cache)?)
+    prompt_logits(&mut model, &media, &ids)
 }
 
 /// MosaicGPT's options the fixture leaves unset, each set where its

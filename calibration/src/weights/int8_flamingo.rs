@@ -5,13 +5,10 @@
 //! the memory bandwidth. ONNX Runtime through this runtime only (which
 //! registers the operator); the LM head included.
 
-use std::sync::Arc;
-
 use flamingo_graphs::kernels::int8 as mi;
-use flamingo_graphs::{DType, Tensor, TensorData};
+use flamingo_graphs::Tensor;
 
-use super::grid::int8_channels;
-use super::{lazy, own_kernel, Format, Rewrite, Target};
+use super::{int8_weight, own_kernel, Format, Rewrite, Target};
 
 /// `[n, k]` int8 codes in `MatMulInt8`'s layout, as the tensor's bytes.
 fn packed_bytes(codes: &[i8], n: usize, k: usize) -> Vec<u8> {
@@ -24,25 +21,7 @@ impl Format for Int8Flamingo {
     fn quantize(&self, t: &Target, out: &mut Rewrite) -> Result<(), String> {
         let (n_out, k_in) = (t.n_out, t.k_in);
         let shape = mi::packed_shape(n_out, k_in).to_vec();
-        let (q, scales) = match t.comp {
-            Some(c) => {
-                let (codes, scales) = int8_channels(t.w, n_out, k_in, Some(c));
-                let q = Tensor {
-                    dtype: DType::I8,
-                    shape,
-                    data: TensorData::Bytes(Arc::new(packed_bytes(&codes, n_out, k_in))),
-                };
-                (q, scales)
-            }
-            None => {
-                // packed lazily, when written: no second copy in memory
-                let (_, scales) = int8_channels(t.w, n_out, k_in, None);
-                let q = lazy(DType::I8, shape, t.src.clone(), move |w| {
-                    packed_bytes(&int8_channels(w, n_out, k_in, None).0, n_out, k_in)
-                });
-                (q, scales)
-            }
-        };
+        let (q, scales) = int8_weight(t, shape, packed_bytes);
         own_kernel(
             out,
             t,

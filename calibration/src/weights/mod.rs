@@ -7,7 +7,10 @@
 //!   at 8 or 4 bits ([`matmul_nbits`]; ONNX Runtime only);
 //! - [`int8_flamingo`] and [`int4_flamingo`]: this runtime's own kernels,
 //!   `ai.flamingo.MatMulInt8` / `MatMulInt4` (ONNX Runtime through this
-//!   runtime only).
+//!   runtime only);
+//! - [`int8_dynamic`]: int8 weights and activations (integer compute) in
+//!   ONNX Runtime's `com.microsoft.DynamicQuantizeMatMul` (ONNX Runtime
+//!   only).
 //!
 //! The quantisation grids they share (clipping search, GPTQ) are in
 //! [`grid`]. In the ONNX-Runtime-only formats the LM head (a plain `A·Bᵀ`
@@ -20,6 +23,7 @@ pub mod grid;
 pub mod int4;
 pub mod int4_flamingo;
 pub mod int8;
+pub mod int8_dynamic;
 pub mod int8_flamingo;
 pub mod int8_ort;
 pub mod matmul_nbits;
@@ -47,6 +51,9 @@ pub enum WeightKind {
     Int8Flamingo,
     /// Symmetric int4 blocks in this runtime's kernel inside ONNX Runtime
     Int4Flamingo,
+    /// Per-channel int8 weights, activations quantised at run time: integer
+    /// compute (ONNX Runtime's DynamicQuantizeMatMul; ONNX Runtime only)
+    Int8Dynamic,
 }
 
 impl WeightKind {
@@ -57,15 +64,17 @@ impl WeightKind {
             WeightKind::Int4 => "int4",
             WeightKind::Int8Flamingo => "int8-flamingo",
             WeightKind::Int4Flamingo => "int4-flamingo",
+            WeightKind::Int8Dynamic => "int8-dynamic",
         }
     }
 
-    pub const ALL: [WeightKind; 5] = [
+    pub const ALL: [WeightKind; 6] = [
         WeightKind::Int8,
         WeightKind::Int8Ort,
         WeightKind::Int4,
         WeightKind::Int8Flamingo,
         WeightKind::Int4Flamingo,
+        WeightKind::Int8Dynamic,
     ];
 
     /// The kind named `name` (as [`WeightKind::name`] spells it).
@@ -141,6 +150,9 @@ pub enum WeightBits {
     /// 32) in `ai.flamingo.MatMulInt4` (this runtime's ONNX Runtime backend
     /// only).
     Int4Flamingo { block_size: usize },
+    /// Per-channel int8 weights in `com.microsoft.DynamicQuantizeMatMul`,
+    /// activations quantised when it runs (ONNX Runtime only).
+    Int8Dynamic,
 }
 
 /// The block size along K when none is asked for.
@@ -152,7 +164,9 @@ impl WeightBits {
     pub fn new(kind: WeightKind, block_size: Option<usize>) -> Result<WeightBits, String> {
         let bs = block_size.unwrap_or(DEFAULT_BLOCK_SIZE);
         let bits = match kind {
-            WeightKind::Int8 | WeightKind::Int8Flamingo if block_size.is_some() => {
+            WeightKind::Int8 | WeightKind::Int8Flamingo | WeightKind::Int8Dynamic
+                if block_size.is_some() =>
+            {
                 return Err(format!(
                     "--block-size applies to --weights int8-ort, int4 and int4-flamingo; {} is per channel",
                     kind.name()
@@ -160,6 +174,7 @@ impl WeightBits {
             }
             WeightKind::Int8 => WeightBits::Int8,
             WeightKind::Int8Flamingo => WeightBits::Int8Flamingo,
+            WeightKind::Int8Dynamic => WeightBits::Int8Dynamic,
             WeightKind::Int8Ort => WeightBits::Int8Ort { block_size: bs },
             WeightKind::Int4 => WeightBits::Int4 { block_size: bs },
             WeightKind::Int4Flamingo => WeightBits::Int4Flamingo { block_size: bs },
@@ -175,6 +190,7 @@ impl WeightBits {
             WeightBits::Int4 { .. } => WeightKind::Int4,
             WeightBits::Int8Flamingo => WeightKind::Int8Flamingo,
             WeightBits::Int4Flamingo { .. } => WeightKind::Int4Flamingo,
+            WeightBits::Int8Dynamic => WeightKind::Int8Dynamic,
         }
     }
 
@@ -186,6 +202,7 @@ impl WeightBits {
             WeightBits::Int4 { .. } => Precision::Int4Weights,
             WeightBits::Int8Flamingo => Precision::Int8WeightsFlamingo,
             WeightBits::Int4Flamingo { .. } => Precision::Int4WeightsFlamingo,
+            WeightBits::Int8Dynamic => Precision::Int8Dynamic,
         }
     }
 
@@ -236,6 +253,11 @@ impl WeightBits {
                  per channel"
                     .into(),
             ),
+            WeightBits::Int8Dynamic if opts.symmetric || opts.head_bits != 8 => Err(
+                "--symmetric and --head-bits apply to --weights int8-ort and int4; int8-dynamic \
+                 is symmetric per channel, the head included"
+                    .into(),
+            ),
             WeightBits::Int8Flamingo if opts.symmetric || opts.head_bits != 8 => Err(
                 "--symmetric and --head-bits apply to --weights int8-ort and int4; int8-flamingo \
                  is symmetric per channel, the head included"
@@ -256,6 +278,7 @@ impl WeightBits {
             WeightBits::Int8Ort { block_size } => Box::new(int8_ort::Int8Ort { block_size }),
             WeightBits::Int4 { block_size } => Box::new(int4::Int4 { block_size }),
             WeightBits::Int8Flamingo => Box::new(int8_flamingo::Int8Flamingo),
+            WeightBits::Int8Dynamic => Box::new(int8_dynamic::Int8Dynamic),
             // int4-flamingo's head at 8 bits: in the int8 kernel
             WeightBits::Int4Flamingo { .. } if head && opts.head_bits == 8 => {
                 Box::new(int8_flamingo::Int8Flamingo)
@@ -342,6 +365,38 @@ fn lazy(
             .collect();
         f(&v)
     })
+}
+
+/// `t`'s weight as per-channel int8 codes ([`int8_channels`]; GPTQ where
+/// `t` has a compensation) laid out by `layout` (`[n, k]` codes to the
+/// tensor's bytes) as a tensor of `shape`, and the scales. Without GPTQ the
+/// codes are made lazily, when written: no second copy in memory.
+fn int8_weight(
+    t: &Target,
+    shape: Vec<usize>,
+    layout: fn(&[i8], usize, usize) -> Vec<u8>,
+) -> (Tensor, Vec<f32>) {
+    let (n_out, k_in) = (t.n_out, t.k_in);
+    match t.comp {
+        Some(c) => {
+            let (codes, scales) = int8_channels(t.w, n_out, k_in, Some(c));
+            let q = Tensor {
+                dtype: DType::I8,
+                shape,
+                data: flamingo_graphs::TensorData::Bytes(std::sync::Arc::new(layout(
+                    &codes, n_out, k_in,
+                ))),
+            };
+            (q, scales)
+        }
+        None => {
+            let (_, scales) = int8_channels(t.w, n_out, k_in, None);
+            let q = lazy(DType::I8, shape, t.src.clone(), move |w| {
+                layout(&int8_channels(w, n_out, k_in, None).0, n_out, k_in)
+            });
+            (q, scales)
+        }
+    }
 }
 
 /// Replaces `t`'s product with this runtime's `op` over the quantised
