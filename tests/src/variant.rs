@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use flamingo_calibration::weights::{
-    quantize_decoder, quantize_weights_opts, BlockOptions, WeightBits,
+    quantize_decoder, quantize_media_graph, BlockOptions, WeightBits,
 };
 use flamingo_contract::{GraphRole, Precision};
 use flamingo_runtime::BackendKind;
@@ -97,7 +97,7 @@ pub fn quantized_all(fx: &str, bits: WeightBits) -> Result<PathBuf> {
         let opts = BlockOptions::default();
         match role {
             GraphRole::Decoder => quantize_decoder(g, bits, None, &opts).map(Some),
-            _ => quantize_weights_opts(g, bits, None, &opts).map(Some),
+            _ => quantize_media_graph(g, bits, None, &opts).map(Some),
         }
     })
 }

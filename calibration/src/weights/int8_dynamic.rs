@@ -7,7 +7,7 @@
 //! compute-bound stages (vision encoder, resampler, prefill); ONNX Runtime
 //! only.
 
-use flamingo_graphs::{Node, Tensor};
+use flamingo_graphs::{Graph, Node, Tensor};
 
 use super::{int8_weight, Format, Rewrite, Target};
 
@@ -60,8 +60,115 @@ impl Format for Int8Dynamic {
     }
 }
 
+/// Folds each constant bias `Add` that alone reads a
+/// `DynamicQuantizeMatMul`'s output into the operator's bias input (one
+/// pass over the output fewer).
+pub fn fold_bias(g: &Graph) -> Graph {
+    use std::collections::HashMap;
+    let vectors: HashMap<&str, usize> = g
+        .initializers
+        .iter()
+        .filter(|(_, t)| t.dtype == flamingo_graphs::DType::F32 && t.shape.len() == 1)
+        .map(|(n, t)| (n.as_str(), t.shape[0]))
+        .collect();
+    let mut readers: HashMap<&str, Vec<usize>> = HashMap::new();
+    for (ni, n) in g.nodes.iter().enumerate() {
+        for i in &n.inputs {
+            readers.entry(i.as_str()).or_default().push(ni);
+        }
+    }
+    let outputs: std::collections::HashSet<&str> =
+        g.outputs.iter().map(|o| o.name.as_str()).collect();
+    let mut nodes = g.nodes.clone();
+    let mut dropped = vec![false; nodes.len()];
+    for (ni, n) in g.nodes.iter().enumerate() {
+        if n.op_type != OP || n.inputs.len() != 3 || outputs.contains(n.outputs[0].as_str()) {
+            continue;
+        }
+        let Some(&[ai]) = readers.get(n.outputs[0].as_str()).map(Vec::as_slice) else {
+            continue;
+        };
+        let add = &g.nodes[ai];
+        if add.op_type != "Add" || add.inputs.len() != 2 {
+            continue;
+        }
+        let bias = if add.inputs[0] == n.outputs[0] {
+            &add.inputs[1]
+        } else {
+            &add.inputs[0]
+        };
+        // the bias must be a [N] vector over the product's N columns
+        let n_cols = g
+            .initializers
+            .iter()
+            .find(|(name, _)| *name == n.inputs[2])
+            .map(|(_, t)| t.shape.iter().product::<usize>());
+        if vectors.get(bias.as_str()).copied() != n_cols || n_cols.is_none() {
+            continue;
+        }
+        nodes[ni].inputs.extend([String::new(), bias.clone()]);
+        nodes[ni].outputs = add.outputs.clone();
+        dropped[ai] = true;
+    }
+    let nodes = nodes
+        .into_iter()
+        .zip(dropped)
+        .filter_map(|(n, d)| (!d).then_some(n))
+        .collect();
+    Graph { nodes, ..g.clone() }
+}
+
 #[cfg(test)]
 mod tests {
+    use flamingo_graphs::{DType, Dim, Graph, IoSpec, Node, Tensor};
+
+    fn node(op: &str, inputs: &[&str], output: &str) -> Node {
+        Node {
+            name: output.into(),
+            op_type: op.into(),
+            domain: String::new(),
+            inputs: inputs.iter().map(|s| s.to_string()).collect(),
+            outputs: vec![output.into()],
+            attrs: vec![],
+            keep_fp32: false,
+        }
+    }
+
+    /// A bias Add alone reading the product folds into it; one whose
+    /// product is read twice, or whose other input is no [N] constant,
+    /// stays.
+    #[test]
+    fn a_lone_bias_add_folds_into_the_product() {
+        let io = |name: &str| IoSpec {
+            name: name.into(),
+            dtype: DType::F32,
+            dims: vec![Dim::Fixed(2), Dim::Fixed(3)],
+        };
+        let g = Graph {
+            name: "g".into(),
+            doc: String::new(),
+            inputs: vec![io("x")],
+            outputs: vec![io("y"), io("z")],
+            nodes: vec![
+                node(super::OP, &["x", "q", "s"], "p"),
+                node("Add", &["b", "p"], "y"),
+                node(super::OP, &["x", "q", "s"], "p2"),
+                node("Add", &["p2", "b"], "y2"),
+                node("Add", &["p2", "y"], "z"),
+            ],
+            initializers: vec![
+                ("q".into(), Tensor::from_f32(vec![3, 3], &[0.0; 9])),
+                ("s".into(), Tensor::from_f32(vec![3], &[1.0; 3])),
+                ("b".into(), Tensor::from_f32(vec![3], &[1.0, 2.0, 3.0])),
+            ],
+        };
+        let f = super::fold_bias(&g);
+        assert_eq!(f.nodes.len(), 4);
+        assert_eq!(f.nodes[0].inputs, ["x", "q", "s", "", "b"]);
+        assert_eq!(f.nodes[0].outputs, ["y"]);
+        assert_eq!(f.nodes[1].inputs.len(), 3, "p2 has two readers");
+    }
+
     #[test]
     fn the_codes_are_transposed_to_k_by_n() {
         let codes: Vec<i8> = vec![1, 2, 3, -4, -5, -6];

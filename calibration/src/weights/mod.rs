@@ -126,7 +126,7 @@ pub fn quantize_export(
         &|role, g| match role {
             GraphRole::Decoder => quantize_decoder(g, spec.bits, hessians, &spec.opts).map(Some),
             _ if spec.include_vision => {
-                quantize_weights_opts(g, spec.bits, None, &spec.opts).map(Some)
+                quantize_media_graph(g, spec.bits, None, &spec.opts).map(Some)
             }
             _ => Ok(None),
         },
@@ -459,11 +459,35 @@ pub fn quantize_decoder(
     opts: &BlockOptions,
 ) -> Result<Graph, String> {
     let q = quantize_weights_opts(g, bits, hessians, opts)?;
-    Ok(if bits.ort_only() {
+    let q = if bits.ort_only() {
         crate::ort_fuse::fuse_decoder_with(&q, !opts.plain_kv_cache).0
     } else {
         q
-    })
+    };
+    Ok(finish(q, bits))
+}
+
+/// A vision encoder, resampler or media K/V graph as `flamingo quantize
+/// --include-vision` writes it.
+pub fn quantize_media_graph(
+    g: &Graph,
+    bits: WeightBits,
+    hessians: Option<&Hessians>,
+    opts: &BlockOptions,
+) -> Result<Graph, String> {
+    Ok(finish(
+        quantize_weights_opts(g, bits, hessians, opts)?,
+        bits,
+    ))
+}
+
+/// The format's last rewrite: int8-dynamic's biases folded into its
+/// operator.
+fn finish(g: Graph, bits: WeightBits) -> Graph {
+    match bits {
+        WeightBits::Int8Dynamic => int8_dynamic::fold_bias(&g),
+        _ => g,
+    }
 }
 
 /// [`quantize_weights_with`] with the blockwise kinds' settings.
