@@ -99,6 +99,16 @@ pub fn export_options(name: &str, out: &Path) -> Result<ExportOptions> {
     })
 }
 
+/// A case's `input_ids`.
+pub fn case_ids(case: &serde_json::Value) -> Result<Vec<i64>> {
+    Ok(case["input_ids"]
+        .as_array()
+        .context("input_ids")?
+        .iter()
+        .filter_map(|v| v.as_i64())
+        .collect())
+}
+
 /// Full-prompt logits of `ids` over `media` (encoded from their files),
 /// one pass over an empty cache.
 pub fn prompt_logits(
@@ -149,12 +159,7 @@ pub fn case_logits(
                 .map(flamingo_runtime::Media::Image)
                 .collect()
         };
-        let ids: Vec<i64> = case["input_ids"]
-            .as_array()
-            .context("ids")?
-            .iter()
-            .filter_map(|v| v.as_i64())
-            .collect();
+        let ids = case_ids(case)?;
         out.push((
             case["name"].as_str().unwrap_or("").to_string(),
             prompt_logits(model, &media, &ids)?,

@@ -480,13 +480,7 @@ fn case_logits(dir: &Path) -> Result<ndarray::ArrayD<f32>> {
         .into_iter()
         .map(|i| flamingo_runtime::Media::Image(fixture(FX).join(format!("images/img{i}.png"))))
         .collect();
-    let ids: Vec<i64> = case["input_ids"]
-        .as_array()
-        .context("ids")?
-        .iter()
-        .filter_map(|v| v.as_i64())
-        .collect();
-    prompt_logits(&mut model, &media, &ids)
+    prompt_logits(&mut model, &media, &case_ids(&case)?)
 }
 
 /// MosaicGPT's options the fixture leaves unset, each set where its
