@@ -63,7 +63,21 @@ pub enum KvStore {
     },
 }
 
+impl Default for KvCache {
+    /// An empty host cache.
+    fn default() -> KvCache {
+        KvCache::new(Vec::new())
+    }
+}
+
 impl KvCache {
+    /// The layers, when the cache is on the host ([`Self::to_host`]).
+    pub fn into_host_layers(self) -> Option<Vec<(ArrayD<f32>, ArrayD<f32>)>> {
+        match self.store {
+            KvStore::Host(l) => Some(l),
+            _ => None,
+        }
+    }
     /// A host cache.
     pub fn new(layers: Vec<(ArrayD<f32>, ArrayD<f32>)>) -> KvCache {
         KvCache {
@@ -183,17 +197,27 @@ impl Model {
             vec![(io::LATENTS, ValueRef::F32(latents.view()))],
         )?;
         let mut tensors = Vec::new();
-        for i in self.manifest.model.decoder.gated_layers.clone() {
-            for name in [io::media_key(i), io::media_value(i)] {
-                let t = out
-                    .get(&name)
-                    .cloned()
-                    .ok_or_else(|| Error::Input(format!("media_kv did not return `{name}`")))?
-                    .into_f32(&name)?;
-                tensors.push((name, t));
-            }
+        for name in self.media_kv_names() {
+            let t = out
+                .get(&name)
+                .cloned()
+                .ok_or_else(|| Error::Input(format!("media_kv did not return `{name}`")))?
+                .into_f32(&name)?;
+            tensors.push((name, t));
         }
         Ok(MediaKv::new(tensors))
+    }
+
+    /// The decoder's media K/V inputs, in the order [`Self::media_kv`]
+    /// returns them.
+    pub fn media_kv_names(&self) -> Vec<String> {
+        self.manifest
+            .model
+            .decoder
+            .gated_layers
+            .iter()
+            .flat_map(|&i| [io::media_key(i), io::media_value(i)])
+            .collect()
     }
 
     /// An empty cache for `batch` rows.

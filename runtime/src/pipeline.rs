@@ -340,15 +340,60 @@ impl Pipeline {
         concatenate(Axis(1), &views).map_err(|e| Error::Input(e.to_string()))
     }
 
-    /// Media K/V `[1, H, T*n, Dh]` for a prompt (one all-zero media when none).
-    fn media_kv(&mut self, media: &[Media]) -> Result<MediaKv> {
-        let latents = if media.is_empty() {
+    /// Media K/V `[1, H, T*n, Dh]` for a prompt (one all-zero media when
+    /// none). Each item's K/V is a projection of its own latents alone, so
+    /// it is computed per item and cached by the item's content (few-shot
+    /// supports are projected once across requests); resamplers with
+    /// media-time embeddings, whose latents depend on the whole prompt,
+    /// project the prompt's latents together.
+    pub fn media_kv(&mut self, media: &[Media]) -> Result<MediaKv> {
+        if media.is_empty() {
             let r = &self.model.manifest.model.resampler;
-            ArrayD::zeros(IxDyn(&[1, 1, r.num_latents, r.dim]))
-        } else {
-            self.latents(media)?
-        };
-        self.model.media_kv(latents)
+            let latents = ArrayD::zeros(IxDyn(&[1, 1, r.num_latents, r.dim]));
+            return self.model.media_kv(latents);
+        }
+        if self.model.manifest.model.resampler.max_num_media.is_some() {
+            let latents = self.latents(media)?;
+            return self.model.media_kv(latents);
+        }
+        let limits = self.model.limits;
+        let mut items: Vec<([u8; 32], Option<ArrayD<f32>>)> = Vec::with_capacity(media.len());
+        for m in media {
+            let mut h = Sha256::new();
+            h.update(b"media_kv");
+            for path in m.frames() {
+                let bytes = crate::limits::read_media(path, &limits)?;
+                h.update(Sha256::digest(&bytes));
+            }
+            let key: [u8; 32] = h.finalize().into();
+            items.push((key, self.cache.get(&key)));
+        }
+        for (i, m) in media.iter().enumerate() {
+            if items[i].1.is_some() {
+                continue;
+            }
+            let latents = self.latents(std::slice::from_ref(m))?;
+            let kv = self.model.media_kv(latents)?;
+            let views: Vec<_> = kv.tensors.iter().map(|(_, t)| t.view()).collect();
+            let packed =
+                ndarray::stack(Axis(0), &views).map_err(|e| Error::Input(e.to_string()))?;
+            self.cache.put(items[i].0, packed.clone());
+            items[i].1 = Some(packed);
+        }
+        let names = self.model.media_kv_names();
+        let packed: Vec<&ArrayD<f32>> = items.iter().filter_map(|(_, p)| p.as_ref()).collect();
+        let mut tensors = Vec::with_capacity(names.len());
+        for (j, name) in names.into_iter().enumerate() {
+            let parts: Vec<_> = packed.iter().map(|p| p.index_axis(Axis(0), j)).collect();
+            if parts.iter().any(|p| p.ndim() != 4) {
+                return Err(Error::Input(format!(
+                    "a cached media K/V `{name}` is not 4-D"
+                )));
+            }
+            let t = concatenate(Axis(2), &parts).map_err(|e| Error::Input(e.to_string()))?;
+            tensors.push((name, t));
+        }
+        Ok(MediaKv::new(tensors))
     }
 
     fn prepare(&mut self, req: &Request) -> Result<Prepared> {

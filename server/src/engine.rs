@@ -138,17 +138,20 @@ pub fn run(mut p: Pipeline, mut rx: mpsc::Receiver<Job>, cfg: EngineConfig, metr
         metrics
             .queue_depth
             .store(rx.len() as u64, Ordering::Relaxed);
-        for job in jobs {
-            admit(
-                &mut p,
-                &mut batch,
-                &mut prefixes,
-                &mut live,
-                &mut next_id,
-                job,
-                &metrics,
-            );
-        }
+        // what joins the batch is prefilled together
+        let joining: Vec<Joining> = jobs
+            .into_iter()
+            .filter_map(|job| admit(&mut p, job, &metrics))
+            .collect();
+        join(
+            &mut p,
+            &mut batch,
+            &mut prefixes,
+            &mut live,
+            &mut next_id,
+            joining,
+            &metrics,
+        );
         // rows whose client went away leave
         for (id, row) in &live {
             let closed = row.job.lock().map(|j| j.tx.is_closed()).unwrap_or(true);
@@ -163,14 +166,11 @@ pub fn run(mut p: Pipeline, mut rx: mpsc::Receiver<Job>, cfg: EngineConfig, metr
             continue;
         }
         worked = true;
-        let events = match p.batch_step(&mut batch) {
+        // the rows' tokens go out before the decoder computes the next ones
+        let events = match p.batch_pick(&mut batch) {
             Ok(e) => e,
             Err(e) => {
-                let message = format!("the decoder failed: {e}");
-                for (_, row) in live.drain() {
-                    fail(&row.job, &message, false, &metrics);
-                }
-                batch = Batch::default();
+                fail_all(&mut live, &mut batch, &e, &metrics);
                 continue;
             }
         };
@@ -277,12 +277,25 @@ pub fn run(mut p: Pipeline, mut rx: mpsc::Receiver<Job>, cfg: EngineConfig, metr
                 }
             }
         }
+        if let Err(e) = p.batch_advance(&mut batch) {
+            fail_all(&mut live, &mut batch, &e, &metrics);
+        }
         metrics
             .batch_size
             .store(batch.len() as u64, Ordering::Relaxed);
         prefixes_to_metrics(&prefixes, &metrics);
         media_to_metrics(&p, &metrics);
     }
+}
+
+/// The decoder failed: every live request gets the error, the batch is
+/// dropped.
+fn fail_all(live: &mut HashMap<u64, Live>, batch: &mut Batch, e: &Error, metrics: &Metrics) {
+    let message = format!("the decoder failed: {e}");
+    for (_, row) in live.drain() {
+        fail(&row.job, &message, false, metrics);
+    }
+    *batch = Batch::default();
 }
 
 /// Idle: hands the heap's free pages back to the system, so that the
@@ -384,16 +397,17 @@ fn echo(
     ))
 }
 
-#[allow(clippy::too_many_arguments)]
-fn admit(
-    p: &mut Pipeline,
-    batch: &mut Batch,
-    prefixes: &mut PrefixCache,
-    live: &mut HashMap<u64, Live>,
-    next_id: &mut u64,
-    job: Job,
-    metrics: &Metrics,
-) {
+/// A job whose choices join the batch.
+struct Joining {
+    shared: Arc<std::sync::Mutex<Shared>>,
+    request: Request,
+    n: usize,
+    logprobs: Option<usize>,
+}
+
+/// Runs a job that does not join the batch (scoring, beam search) between
+/// the batch's steps; returns the others, to [`join`].
+fn admit(p: &mut Pipeline, job: Job, metrics: &Metrics) -> Option<Joining> {
     let shared = Arc::new(std::sync::Mutex::new(Shared {
         tx: job.tx,
         files: job.files,
@@ -437,7 +451,7 @@ fn admit(
             Err(e) => fail(&shared, &e.to_string(), is_request_error(&e), metrics),
         }
         media_to_metrics(p, metrics);
-        return;
+        return None;
     }
     if job.request.options.num_beams > 1 {
         // beam search runs alone, between the batch's steps
@@ -487,26 +501,59 @@ fn admit(
             }
             Err(e) => fail(&shared, &e.to_string(), is_request_error(&e), metrics),
         }
+        return None;
+    }
+    Some(Joining {
+        shared,
+        request: job.request,
+        n: job.n,
+        logprobs: job.logprobs,
+    })
+}
+
+/// Prefills the choices of `jobs` together ([`Pipeline::batch_join_many`])
+/// and adds them to the batch; a job one of whose choices cannot join
+/// fails, its other choices leave at the next step.
+fn join(
+    p: &mut Pipeline,
+    batch: &mut Batch,
+    prefixes: &mut PrefixCache,
+    live: &mut HashMap<u64, Live>,
+    next_id: &mut u64,
+    jobs: Vec<Joining>,
+    metrics: &Metrics,
+) {
+    if jobs.is_empty() {
         return;
     }
-    for index in 0..job.n {
-        let mut req = job.request.clone();
-        req.options.seed = req.options.seed.wrapping_add(index as u64);
-        let id = *next_id;
-        *next_id += 1;
-        match p.batch_join(batch, id, &req, Some(prefixes)) {
+    // (job, choice index, row id, request)
+    let mut choices = Vec::new();
+    for (j, job) in jobs.iter().enumerate() {
+        for index in 0..job.n {
+            let mut req = job.request.clone();
+            req.options.seed = req.options.seed.wrapping_add(index as u64);
+            choices.push((j, index, *next_id, req));
+            *next_id += 1;
+        }
+    }
+    let reqs: Vec<(u64, &Request)> = choices.iter().map(|(_, _, id, r)| (*id, r)).collect();
+    let results = p.batch_join_many(batch, &reqs, Some(prefixes));
+    let mut failed: Vec<Option<Error>> = jobs.iter().map(|_| None).collect();
+    for ((j, index, id, _), r) in choices.iter().zip(results) {
+        let job = &jobs[*j];
+        match r {
             Ok(prompt_tokens) => {
                 if let Some(k) = job.logprobs {
-                    batch.want_logprobs(id, k);
+                    batch.want_logprobs(*id, k);
                 }
                 metrics
                     .prompt_tokens
                     .fetch_add(prompt_tokens as u64, Ordering::Relaxed);
                 live.insert(
-                    id,
+                    *id,
                     Live {
-                        job: shared.clone(),
-                        index,
+                        job: job.shared.clone(),
+                        index: *index,
                         ids: Vec::new(),
                         text: String::new(),
                         stopped: false,
@@ -516,16 +563,19 @@ fn admit(
                 );
             }
             Err(e) => {
-                // the choices already in the batch leave with it
-                for (rid, row) in live.iter() {
-                    if Arc::ptr_eq(&row.job, &shared) {
-                        batch.cancel(*rid);
-                    }
-                }
-                fail(&shared, &e.to_string(), is_request_error(&e), metrics);
-                break;
+                failed[*j].get_or_insert(e);
             }
         }
+    }
+    for (job, e) in jobs.iter().zip(failed) {
+        let Some(e) = e else { continue };
+        // the choices that joined leave with it
+        for (rid, row) in live.iter() {
+            if Arc::ptr_eq(&row.job, &job.shared) {
+                batch.cancel(*rid);
+            }
+        }
+        fail(&job.shared, &e.to_string(), is_request_error(&e), metrics);
     }
     media_to_metrics(p, metrics);
 }

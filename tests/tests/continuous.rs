@@ -14,7 +14,10 @@ use flamingo_tests::*;
 /// A finished row: its generated ids, and the tokens it streamed.
 type Finished = (Vec<u32>, Vec<u32>);
 
-/// Steps `batch` until it is empty, `joins[k]` joining before step `k`.
+/// Steps `batch` until it is empty, `joins[k]` joining before step `k`
+/// picks its tokens: before that pick when `k` is even, and between the
+/// pick and the decoder step of step `k - 1` when it is odd (a server's
+/// engine admits while the picked tokens stream out).
 fn drive(
     p: &mut Pipeline,
     mut joins: Vec<Vec<(u64, Request)>>,
@@ -27,13 +30,24 @@ fn drive(
     joins.reverse();
     let mut steps = 0;
     while !batch.is_empty() || !joins.is_empty() {
-        if let Some(now) = joins.pop() {
-            for (id, r) in now {
-                p.batch_join(&mut batch, id, &r, prefixes.as_deref_mut())?;
+        if steps % 2 == 0 {
+            if let Some(now) = joins.pop() {
+                for (id, r) in now {
+                    p.batch_join(&mut batch, id, &r, prefixes.as_deref_mut())?;
+                }
             }
         }
         *max_seen = (*max_seen).max(batch.len());
-        for e in p.batch_step(&mut batch)? {
+        let events = p.batch_pick(&mut batch)?;
+        if steps % 2 == 1 {
+            if let Some(now) = joins.pop() {
+                for (id, r) in now {
+                    p.batch_join(&mut batch, id, &r, prefixes.as_deref_mut())?;
+                }
+            }
+        }
+        p.batch_advance(&mut batch)?;
+        for e in events {
             match e {
                 RowEvent::Token { id, token, .. } => streamed.entry(id).or_default().push(token),
                 RowEvent::Done { id, generation } => {
@@ -75,13 +89,14 @@ fn a_request_gives_the_same_tokens_alone_or_joining_a_busy_batch(
             .iter()
             .map(|r| Ok(p.generate(r)?.sequences[0].generated_ids.clone()))
             .collect::<Result<_>>()?;
-        // 0 and 1 start together; 2 joins after two steps (1 has left by
-        // the fourth), 3 and 4 later still
+        // 0 and 1 start together; 2 joins after three steps (1 has left
+        // by the fourth), while the third's decoder step is waiting; 3 and
+        // 4 later still
         let joins = vec![
             vec![(0, reqs[0].clone()), (1, reqs[1].clone())],
             vec![],
-            vec![(2, reqs[2].clone())],
             vec![],
+            vec![(2, reqs[2].clone())],
             vec![(3, reqs[3].clone())],
             vec![],
             vec![],

@@ -5,7 +5,10 @@
 //! prefix from the [`PrefixCache`] when it has been seen), then its cache
 //! is padded to the batch's length (or the batch's to its) and stacked.
 //! Leaving rows are dropped and the columns no row attends any more are
-//! trimmed, so memory follows the rows that remain.
+//! trimmed, so memory follows the rows that remain. Between such changes
+//! the cache stays with the backend (each step's `present` is the next
+//! one's past, no host copy); the rows that join between two steps are
+//! stacked in one go.
 
 use std::collections::VecDeque;
 
@@ -142,34 +145,63 @@ pub struct Batch {
     rows: Vec<Row>,
     /// `[rows, L]`: which cache positions each row attends.
     mask: Array2<i64>,
-    /// Host KV cache `[rows, H, L, Dh]` per layer.
-    layers: Layers,
+    /// KV cache `[rows, H, L, Dh]` per layer, held by the backend between
+    /// steps while the rows do not change.
+    cache: KvCache,
     /// The next-token logits of each row, `[rows, vocab]`.
     logits: Array2<f32>,
     /// Rows to drop at the next step (cancelled by their client).
     cancelled: Vec<u64>,
     /// The rows' media K/V stacked, until the rows change.
     kv: Option<MediaKv>,
+    /// Rows prefilled since the last step, stacked under the batch at the
+    /// next one.
+    joining: Vec<Joining>,
+    /// The tokens the rows picked, waiting for their decoder step.
+    next: Option<Vec<u32>>,
+}
+
+/// Prefilled rows waiting to be stacked under the batch.
+struct Joining {
+    rows: Vec<Row>,
+    layers: Layers,
+    mask: Array2<i64>,
+    logits: Array2<f32>,
+}
+
+/// A request about to join: its row, its prompt as one step, its media
+/// K/V, and the KV cache of its first `from` tokens (its prefix).
+struct Prefilled {
+    row: Row,
+    step: Step,
+    kv: MediaKv,
+    past: Layers,
+    from: usize,
 }
 
 impl Batch {
     pub fn len(&self) -> usize {
-        self.rows.len()
+        self.rows.len() + self.joining.iter().map(|j| j.rows.len()).sum::<usize>()
     }
     pub fn is_empty(&self) -> bool {
-        self.rows.is_empty()
+        self.len() == 0
     }
     /// The cache positions the batch holds (its longest row).
     pub fn positions(&self) -> usize {
-        self.mask.ncols()
+        self.joining
+            .iter()
+            .map(|j| j.mask.ncols())
+            .fold(self.mask.ncols(), usize::max)
     }
     pub fn ids(&self) -> Vec<u64> {
-        self.rows.iter().map(|r| r.id).collect()
+        let joining = self.joining.iter().flat_map(|j| &j.rows);
+        self.rows.iter().chain(joining).map(|r| r.id).collect()
     }
     /// Row `id` reports each token's log-probability and its `top` most
     /// likely alternatives.
     pub fn want_logprobs(&mut self, id: u64, top: usize) {
-        if let Some(r) = self.rows.iter_mut().find(|r| r.id == id) {
+        let joining = self.joining.iter_mut().flat_map(|j| &mut j.rows);
+        if let Some(r) = self.rows.iter_mut().chain(joining).find(|r| r.id == id) {
             r.logprobs = Some(top);
         }
     }
@@ -251,12 +283,8 @@ fn err(e: impl std::fmt::Display) -> Error {
 }
 
 impl Pipeline {
-    /// Prefills `req` alone and adds it to `batch` as row `id`. Greedy and
-    /// sampling only: a beam search runs on its own
-    /// ([`Pipeline::generate_stream`]). With `prefixes`, the prompt's
-    /// prefix (up to its last `<|endofchunk|>`) comes from the cache when
-    /// it is there, and goes into it when not. Returns the prompt's length
-    /// in tokens.
+    /// Prefills `req` and adds it to `batch` as row `id`: one request of
+    /// [`Self::batch_join_many`]. Returns the prompt's length in tokens.
     pub fn batch_join(
         &mut self,
         batch: &mut Batch,
@@ -264,6 +292,80 @@ impl Pipeline {
         req: &Request,
         prefixes: Option<&mut PrefixCache>,
     ) -> Result<usize> {
+        self.batch_join_many(batch, &[(id, req)], prefixes)
+            .pop()
+            .unwrap_or_else(|| Err(err("the request was not joined")))
+    }
+
+    /// Prefills `reqs` and adds them to `batch` (request `(id, r)` as row
+    /// `id`). Greedy and sampling only: a beam search runs on its own
+    /// ([`Pipeline::generate_stream`]). With `prefixes`, a prompt's prefix
+    /// (up to its last `<|endofchunk|>`) comes from the cache when it is
+    /// there, and goes into it when not (prefilled alone). The rest of the
+    /// prompts run through the decoder together, those of one length in
+    /// one call over their prefixes' caches stacked (left-padded); decoders
+    /// that take several new tokens over a cache one row at a time
+    /// ([`crate::Model::steps_rows_over_cache`]) run them one by one.
+    /// Returns, per request, its prompt's length in tokens or why it
+    /// cannot join (the others join all the same).
+    pub fn batch_join_many(
+        &mut self,
+        batch: &mut Batch,
+        reqs: &[(u64, &Request)],
+        mut prefixes: Option<&mut PrefixCache>,
+    ) -> Vec<Result<usize>> {
+        let mut out: Vec<Option<Result<usize>>> = reqs.iter().map(|_| None).collect();
+        let mut ready: Vec<(usize, Prefilled)> = Vec::new();
+        for (i, (id, req)) in reqs.iter().enumerate() {
+            match self.prefill_prefix(*id, req, prefixes.as_deref_mut()) {
+                Ok(p) => ready.push((i, p)),
+                Err(e) => out[i] = Some(Err(e)),
+            }
+        }
+        // groups: the prompts whose rest has one length
+        let together = self.model.steps_rows_over_cache();
+        let mut groups: Vec<Vec<(usize, Prefilled)>> = Vec::new();
+        for (i, p) in ready {
+            let rest = p.step.input_ids.ncols() - p.from;
+            match groups
+                .iter_mut()
+                .find(|g| together && g[0].1.step.input_ids.ncols() - g[0].1.from == rest)
+            {
+                Some(g) => g.push((i, p)),
+                None => groups.push(vec![(i, p)]),
+            }
+        }
+        for g in groups {
+            let idx: Vec<usize> = g.iter().map(|(i, _)| *i).collect();
+            let rows: Vec<Prefilled> = g.into_iter().map(|(_, p)| p).collect();
+            match self.prefill_rest(rows) {
+                Ok((joining, lens)) => {
+                    batch.joining.push(joining);
+                    for (i, n) in idx.into_iter().zip(lens) {
+                        out[i] = Some(Ok(n));
+                    }
+                }
+                Err(e) if idx.len() == 1 => out[idx[0]] = Some(Err(e)),
+                Err(e) => {
+                    for i in idx {
+                        out[i] = Some(Err(err(&e)));
+                    }
+                }
+            }
+        }
+        out.into_iter()
+            .map(|r| r.unwrap_or_else(|| Err(err("the request was not joined"))))
+            .collect()
+    }
+
+    /// A request prepared to join, its prompt's prefix in `cache` (from the
+    /// prefix cache, or prefilled alone) when there is one.
+    fn prefill_prefix(
+        &mut self,
+        id: u64,
+        req: &Request,
+        prefixes: Option<&mut PrefixCache>,
+    ) -> Result<Prefilled> {
         if req.options.num_beams > 1 {
             return Err(Error::Input(
                 "beam search does not join a running batch; run it alone".into(),
@@ -278,7 +380,6 @@ impl Pipeline {
             .rposition(|&t| t == eoc)
             .map(|i| i + 1)
             .unwrap_or(0);
-        let d = self.model.manifest.model.decoder.clone();
         let mut cache = self.model.empty_cache(1);
         let Padded { step, kv } = self.pad_rows(&[&p.ids], &[&p.kv])?;
         let mut from = 0;
@@ -315,80 +416,176 @@ impl Pipeline {
             }
             from = cut;
         }
-        let rest = Step {
-            input_ids: step.input_ids.slice(s![.., from..]).to_owned(),
-            attention_mask: step.attention_mask.clone(),
-            position_ids: step.position_ids.slice(s![.., from..]).to_owned(),
-            media_time: step.media_time.slice(s![.., from..]).to_owned(),
-            keep: 1,
-        };
-        let logits = self.model.decode(&rest, &kv, &mut cache)?;
-        let logits = logits
-            .into_shape_with_order((1, d.vocab_size))
-            .map_err(err)?;
-        let layers = host_layers(&mut cache)?;
+        cache.to_host()?;
         let row = Row {
             id,
             search: search::search(&p.opts, &p.ids, &p.stop),
-            prompt_ids: p.ids.clone(),
+            prompt_ids: p.ids,
             n_media: p.n_media,
             kv: p.kv,
             logprobs: None,
         };
-        let n = row.prompt_ids.len();
-        self.merge(batch, row, layers, step.attention_mask, logits)?;
-        Ok(n)
+        Ok(Prefilled {
+            row,
+            step,
+            kv,
+            past: cache.into_host_layers().unwrap_or_default(),
+            from,
+        })
     }
 
-    /// Stacks a prefilled row under the batch, padding the shorter side.
-    fn merge(
-        &mut self,
-        batch: &mut Batch,
-        row: Row,
-        layers: Layers,
-        mask: Array2<i64>,
-        logits: Array2<f32>,
-    ) -> Result<()> {
-        if batch.rows.is_empty() {
-            batch.rows.push(row);
-            batch.layers = layers;
-            batch.mask = mask;
-            batch.logits = logits;
+    /// Runs the rest of the prompts of `rows` (all of one length) through
+    /// the decoder in one call, over their pasts left-padded to the
+    /// longest; returns them as one joining part and their prompts'
+    /// lengths.
+    fn prefill_rest(&mut self, rows: Vec<Prefilled>) -> Result<(Joining, Vec<usize>)> {
+        let b = rows.len();
+        let first = rows.first().ok_or_else(|| err("no rows to prefill"))?;
+        let rest = first.step.input_ids.ncols() - first.from;
+        let past = rows.iter().map(|r| r.from).max().unwrap_or(0);
+        let mut mask = Array2::<i64>::zeros((b, past + rest));
+        let mut step = Step {
+            input_ids: Array2::zeros((b, rest)),
+            attention_mask: Array2::zeros((0, 0)),
+            position_ids: Array2::zeros((b, rest)),
+            media_time: Array2::zeros((b, rest)),
+            keep: 1,
+        };
+        for (i, r) in rows.iter().enumerate() {
+            let (from, s) = (r.from, &r.step);
+            mask.slice_mut(s![i, past - from..])
+                .assign(&s.attention_mask.row(0));
+            step.input_ids
+                .row_mut(i)
+                .assign(&s.input_ids.slice(s![0, from..]));
+            step.media_time
+                .row_mut(i)
+                .assign(&s.media_time.slice(s![0, from..]));
+            let pos = crate::decoder::position_ids(mask.row(i).as_slice().unwrap_or(&[]));
+            for j in 0..rest {
+                step.position_ids[[i, j]] = pos[past + j];
+            }
+        }
+        step.attention_mask = mask.clone();
+        let mut cache = if b == 1 {
+            KvCache::new(first.past.clone())
+        } else {
+            let n_layers = first.past.len();
+            let mut layers = Vec::with_capacity(n_layers);
+            for l in 0..n_layers {
+                let cat = |kv: usize| -> Result<ArrayD<f32>> {
+                    let padded: Vec<ArrayD<f32>> = rows
+                        .iter()
+                        .map(|r| {
+                            let t = r.past.get(l).ok_or_else(|| err("a prefix lacks a layer"))?;
+                            pad_left(if kv == 0 { &t.0 } else { &t.1 }, past)
+                        })
+                        .collect::<Result<_>>()?;
+                    let views: Vec<_> = padded.iter().map(|t| t.view()).collect();
+                    concatenate(Axis(0), &views).map_err(err)
+                };
+                layers.push((cat(0)?, cat(1)?));
+            }
+            KvCache::new(layers)
+        };
+        let kvs: Vec<&MediaKv> = rows.iter().map(|r| &r.kv).collect();
+        let kv = if b == 1 {
+            first.kv.clone()
+        } else {
+            stack_media(&kvs)?
+        };
+        let vocab = self.model.manifest.model.decoder.vocab_size;
+        let logits = self.model.decode(&step, &kv, &mut cache)?;
+        let logits = logits.into_shape_with_order((b, vocab)).map_err(err)?;
+        cache.to_host()?;
+        let lens = rows.iter().map(|r| r.row.prompt_ids.len()).collect();
+        Ok((
+            Joining {
+                rows: rows.into_iter().map(|r| r.row).collect(),
+                layers: cache.into_host_layers().unwrap_or_default(),
+                mask,
+                logits,
+            },
+            lens,
+        ))
+    }
+
+    /// Stacks the joining rows under the batch at once, left-padding the
+    /// shorter caches to the longest.
+    fn merge_joining(&mut self, batch: &mut Batch) -> Result<()> {
+        if batch.joining.is_empty() {
             return Ok(());
         }
-        let len = batch.positions().max(mask.ncols());
-        let pad_mask = |m: &Array2<i64>| -> Result<Array2<i64>> {
-            let z = Array2::zeros((m.nrows(), len - m.ncols()));
-            concatenate(Axis(1), &[z.view(), m.view()]).map_err(err)
-        };
-        batch.mask = concatenate(
-            Axis(0),
-            &[pad_mask(&batch.mask)?.view(), pad_mask(&mask)?.view()],
-        )
-        .map_err(err)?;
-        let mut merged = Vec::with_capacity(layers.len());
-        for ((bk, bv), (k, v)) in batch.layers.iter().zip(&layers) {
-            let cat = |a: &ArrayD<f32>, b: &ArrayD<f32>| -> Result<ArrayD<f32>> {
-                concatenate(
-                    Axis(0),
-                    &[pad_left(a, len)?.view(), pad_left(b, len)?.view()],
-                )
-                .map_err(err)
-            };
-            merged.push((cat(bk, k)?, cat(bv, v)?));
+        let len = batch.positions();
+        let joining = std::mem::take(&mut batch.joining);
+        let mut masks = Vec::with_capacity(joining.len() + 1);
+        let mut logits = Vec::with_capacity(joining.len() + 1);
+        let mut parts: Vec<Layers> = Vec::with_capacity(joining.len() + 1);
+        if !batch.rows.is_empty() {
+            batch.cache.to_host()?;
+            let cache = std::mem::take(&mut batch.cache);
+            parts.push(cache.into_host_layers().unwrap_or_default());
+            masks.push(std::mem::take(&mut batch.mask));
+            logits.push(std::mem::take(&mut batch.logits));
         }
-        batch.layers = merged;
-        batch.logits = concatenate(Axis(0), &[batch.logits.view(), logits.view()]).map_err(err)?;
-        batch.rows.push(row);
+        for j in joining {
+            batch.rows.extend(j.rows);
+            parts.push(j.layers);
+            masks.push(j.mask);
+            logits.push(j.logits);
+        }
+        let padded: Vec<Array2<i64>> = masks
+            .iter()
+            .map(|m| {
+                let z = Array2::zeros((m.nrows(), len - m.ncols()));
+                concatenate(Axis(1), &[z.view(), m.view()]).map_err(err)
+            })
+            .collect::<Result<_>>()?;
+        let views: Vec<_> = padded.iter().map(|m| m.view()).collect();
+        batch.mask = concatenate(Axis(0), &views).map_err(err)?;
+        let views: Vec<_> = logits.iter().map(|l| l.view()).collect();
+        batch.logits = concatenate(Axis(0), &views).map_err(err)?;
+        let n_layers = parts.first().map_or(0, |p| p.len());
+        if let Some(bad) = parts.iter().find(|p| p.len() != n_layers) {
+            return Err(err(format!(
+                "a joining row's KV cache has {} layers, the batch's {n_layers}",
+                bad.len()
+            )));
+        }
+        let mut merged = Vec::with_capacity(n_layers);
+        for l in 0..n_layers {
+            let cat = |kv: usize| -> Result<ArrayD<f32>> {
+                let padded: Vec<ArrayD<f32>> = parts
+                    .iter()
+                    .map(|p| pad_left(if kv == 0 { &p[l].0 } else { &p[l].1 }, len))
+                    .collect::<Result<_>>()?;
+                let views: Vec<_> = padded.iter().map(|t| t.view()).collect();
+                concatenate(Axis(0), &views).map_err(err)
+            };
+            merged.push((cat(0)?, cat(1)?));
+        }
+        batch.cache = KvCache::new(merged);
         batch.kv = None;
         Ok(())
     }
 
-    /// One step of the batch: every row picks its next token from its
-    /// logits (`on_token` streams it; returning false cancels the row),
-    /// finished and cancelled rows leave, and the rest run one decoder
-    /// step together. Returns the rows' tokens and the finished rows.
+    /// One step of the batch: [`Self::batch_pick`], then
+    /// [`Self::batch_advance`]. Returns the rows' tokens and the finished
+    /// rows.
     pub fn batch_step(&mut self, batch: &mut Batch) -> Result<Vec<RowEvent>> {
+        let events = self.batch_pick(batch)?;
+        self.batch_advance(batch)?;
+        Ok(events)
+    }
+
+    /// The first half of a step: the joining rows are stacked under the
+    /// batch, every row picks its next token from its logits, and finished
+    /// and cancelled rows leave. Returns the tokens and the finished rows
+    /// (a server streams them now, before the decoder runs). A pick whose
+    /// decoder step has not run yet runs it first.
+    pub fn batch_pick(&mut self, batch: &mut Batch) -> Result<Vec<RowEvent>> {
+        self.batch_advance(batch)?;
+        self.merge_joining(batch)?;
         let mut events = Vec::new();
         let mut next = Vec::with_capacity(batch.rows.len());
         let mut keep = Vec::with_capacity(batch.rows.len());
@@ -450,7 +647,11 @@ impl Pipeline {
         if stay.len() < keep.len() {
             batch.kv = None;
             batch.mask = batch.mask.select(Axis(0), &stay);
-            for (k, v) in &mut batch.layers {
+            batch.cache.to_host()?;
+            let mut layers = std::mem::take(&mut batch.cache)
+                .into_host_layers()
+                .unwrap_or_default();
+            for (k, v) in &mut layers {
                 *k = k.select(Axis(0), &stay);
                 *v = v.select(Axis(0), &stay);
             }
@@ -460,14 +661,28 @@ impl Pipeline {
                 .unwrap_or(0);
             if first > 0 {
                 batch.mask = batch.mask.slice(s![.., first..]).to_owned();
-                for (k, v) in &mut batch.layers {
+                for (k, v) in &mut layers {
                     *k = k.slice_axis(Axis(2), (first..).into()).to_owned();
                     *v = v.slice_axis(Axis(2), (first..).into()).to_owned();
                 }
             }
+            batch.cache = KvCache::new(layers);
         }
-        let next: Vec<u32> = stay.iter().map(|&i| next[i]).collect();
+        batch.next = Some(stay.iter().map(|&i| next[i]).collect());
+        Ok(events)
+    }
+
+    /// The second half of a step: the rows that picked a token run one
+    /// decoder step together, which gives their next logits. Nothing to do
+    /// when no pick is waiting.
+    pub fn batch_advance(&mut self, batch: &mut Batch) -> Result<()> {
+        let Some(next) = batch.next.take() else {
+            return Ok(());
+        };
         let b = batch.rows.len();
+        if next.len() != b {
+            return Err(err(format!("{} tokens picked for {b} rows", next.len())));
+        }
         batch.mask =
             concatenate(Axis(1), &[batch.mask.view(), Array2::ones((b, 1)).view()]).map_err(err)?;
         if batch.kv.is_none() {
@@ -484,11 +699,9 @@ impl Pipeline {
             media_time: Array2::from_shape_fn((b, 1), |(i, _)| batch.rows[i].n_media),
             keep: 1,
         };
-        let mut cache = KvCache::new(std::mem::take(&mut batch.layers));
-        let logits = self.model.decode(&step, kv, &mut cache)?;
+        let logits = self.model.decode(&step, kv, &mut batch.cache)?;
         let vocab = logits.shape()[2];
         batch.logits = logits.into_shape_with_order((b, vocab)).map_err(err)?;
-        batch.layers = host_layers(&mut cache)?;
-        Ok(events)
+        Ok(())
     }
 }
