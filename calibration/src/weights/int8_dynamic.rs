@@ -2,21 +2,31 @@
 //! (a clipping search per channel, or GPTQ) in ONNX Runtime's
 //! `com.microsoft.DynamicQuantizeMatMul`: each product quantises its
 //! activations to uint8 per tensor when it runs and multiplies in
-//! integers (MLAS picks AVX2 `vpmaddubsw`, AVX-512 VNNI or AMX at run
-//! time), the int32 sums scaled back to float32 per channel. For the
+//! integers, the int32 sums scaled back to float32 per channel. For the
 //! compute-bound stages (vision encoder, resampler, prefill); ONNX Runtime
 //! only.
+//!
+//! The weights are stored as uint8 with zero point 128 (the same values):
+//! with int8 weights MLAS multiplies uint8 by int8 with AVX2's
+//! `vpmaddubsw`, whose pairwise int16 sums saturate (255·127·2 > 32767) on
+//! CPUs without VNNI, which wrecks the products (logits cosine 0.98 on the
+//! fixtures on an AVX2 machine); uint8 × uint8 widens to int16 first and is
+//! exact on every CPU.
 
-use flamingo_graphs::{Graph, Node, Tensor};
+use flamingo_graphs::{DType, Graph, Node, Tensor};
 
 use super::{int8_weight, Format, Rewrite, Target};
 
-/// `[n, k]` codes as `DynamicQuantizeMatMul`'s `B`: `[k, n]`, as bytes.
+/// The zero point of the uint8 weights.
+const ZERO_POINT: u8 = 128;
+
+/// `[n, k]` codes as `DynamicQuantizeMatMul`'s uint8 `B`: `[k, n]`, each
+/// code plus [`ZERO_POINT`].
 fn transposed(codes: &[i8], n: usize, k: usize) -> Vec<u8> {
     let mut b = vec![0u8; n * k];
     for r in 0..n {
         for c in 0..k {
-            b[c * n + r] = codes[r * k + c] as u8;
+            b[c * n + r] = (codes[r * k + c] as i16 + ZERO_POINT as i16) as u8;
         }
     }
     b
@@ -30,18 +40,31 @@ pub const OP: &str = "DynamicQuantizeMatMul";
 impl Format for Int8Dynamic {
     fn quantize(&self, t: &Target, out: &mut Rewrite) -> Result<(), String> {
         let (n_out, k_in) = (t.n_out, t.k_in);
-        let (q, scales) = int8_weight(t, vec![k_in, n_out], transposed);
+        let (mut q, scales) = int8_weight(t, vec![k_in, n_out], transposed);
+        q.dtype = DType::U8;
         let tag = if t.head { ".head" } else { "" };
         let qn = format!("{}{tag}.qweight", t.name);
         let sn = format!("{}{tag}.scales", t.name);
+        let zn = format!("{}{tag}.zero_point", t.name);
         out.initializers.push((qn.clone(), q));
         out.initializers
             .push((sn.clone(), Tensor::from_f32(vec![n_out], &scales)));
-        let mut inputs = vec![t.node.inputs[0].clone(), qn, sn];
-        // a Gemm's bias is the operator's fifth input (no zero point: symmetric)
+        out.initializers.push((
+            zn.clone(),
+            Tensor {
+                dtype: DType::U8,
+                shape: vec![n_out],
+                data: flamingo_graphs::TensorData::Bytes(std::sync::Arc::new(vec![
+                    ZERO_POINT;
+                    n_out
+                ])),
+            },
+        ));
+        let mut inputs = vec![t.node.inputs[0].clone(), qn, sn, zn];
+        // a Gemm's bias is the operator's fifth input
         if t.node.op_type == "Gemm" {
             if let Some(c) = t.node.inputs.get(2).filter(|c| !c.is_empty()) {
-                inputs.extend([String::new(), c.clone()]);
+                inputs.push(c.clone());
             }
         }
         out.replaced.insert(
@@ -82,7 +105,7 @@ pub fn fold_bias(g: &Graph) -> Graph {
     let mut nodes = g.nodes.clone();
     let mut dropped = vec![false; nodes.len()];
     for (ni, n) in g.nodes.iter().enumerate() {
-        if n.op_type != OP || n.inputs.len() != 3 || outputs.contains(n.outputs[0].as_str()) {
+        if n.op_type != OP || n.inputs.len() > 4 || outputs.contains(n.outputs[0].as_str()) {
             continue;
         }
         let Some(&[ai]) = readers.get(n.outputs[0].as_str()).map(Vec::as_slice) else {
@@ -106,7 +129,9 @@ pub fn fold_bias(g: &Graph) -> Graph {
         if vectors.get(bias.as_str()).copied() != n_cols || n_cols.is_none() {
             continue;
         }
-        nodes[ni].inputs.extend([String::new(), bias.clone()]);
+        // the bias is the fifth input, after the (optional) zero point
+        nodes[ni].inputs.resize(4, String::new());
+        nodes[ni].inputs.push(bias.clone());
         nodes[ni].outputs = add.outputs.clone();
         dropped[ai] = true;
     }
@@ -150,7 +175,7 @@ mod tests {
             inputs: vec![io("x")],
             outputs: vec![io("y"), io("z")],
             nodes: vec![
-                node(super::OP, &["x", "q", "s"], "p"),
+                node(super::OP, &["x", "q", "s", "zp"], "p"),
                 node("Add", &["b", "p"], "y"),
                 node(super::OP, &["x", "q", "s"], "p2"),
                 node("Add", &["p2", "b"], "y2"),
@@ -164,7 +189,7 @@ mod tests {
         };
         let f = super::fold_bias(&g);
         assert_eq!(f.nodes.len(), 4);
-        assert_eq!(f.nodes[0].inputs, ["x", "q", "s", "", "b"]);
+        assert_eq!(f.nodes[0].inputs, ["x", "q", "s", "zp", "b"]);
         assert_eq!(f.nodes[0].outputs, ["y"]);
         assert_eq!(f.nodes[1].inputs.len(), 3, "p2 has two readers");
     }
@@ -174,7 +199,7 @@ mod tests {
         let codes: Vec<i8> = vec![1, 2, 3, -4, -5, -6];
         assert_eq!(
             super::transposed(&codes, 2, 3),
-            vec![1, (-4i8) as u8, 2, (-5i8) as u8, 3, (-6i8) as u8]
+            vec![129, 124, 130, 123, 131, 122]
         );
     }
 }
