@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use flamingo_runtime::pipeline::continuous::{Batch, PrefixCache, RowEvent};
 use flamingo_runtime::{BackendKind, Pipeline, Request};
 use flamingo_tests::*;
@@ -153,10 +153,77 @@ fn a_cached_prompt_prefix_gives_the_same_tokens(fx: &str, backend: BackendKind) 
     Ok(())
 }
 
+/// Requests admitted together are prefilled together
+/// (`Pipeline::batch_join_many`): those whose prompts' rests (after a
+/// cached prefix) have one length in one decoder call over their prefixes
+/// stacked, left-padded. Each gets the tokens it gets alone: with the
+/// prefix cache filling, then hit, and without it.
+fn requests_joining_together_give_the_tokens_they_give_alone(
+    fx: &str,
+    backend: BackendKind,
+) -> Result<()> {
+    let mut p = Pipeline::load(&exported(fx)?, backend)?;
+    let held = held_out_requests(fx)?;
+    let three_shot = held[4].clone();
+    assert_eq!(three_shot.media.len(), 3);
+    // the same query after one support fewer: a rest of the same length
+    // over a shorter prefix
+    let mut two_shot = three_shot.clone();
+    let cut = two_shot.prompt.find("<|endofchunk|>").context("a chunk")? + "<|endofchunk|>".len();
+    two_shot.prompt = two_shot.prompt[cut..].to_string();
+    two_shot.media.remove(0);
+    let reqs: Vec<Request> = [three_shot, two_shot, held[0].clone(), held[1].clone()]
+        .into_iter()
+        .map(|mut r| {
+            r.options.max_new_tokens = 6;
+            r
+        })
+        .collect();
+    let alone: Vec<Vec<u32>> = reqs
+        .iter()
+        .map(|r| Ok(p.generate(r)?.sequences[0].generated_ids.clone()))
+        .collect::<Result<_>>()?;
+    let mut cache = PrefixCache::new(64 << 20);
+    for pass in ["prefixes prefilled", "prefixes cached", "no prefix cache"] {
+        let mut batch = Batch::default();
+        let joining: Vec<(u64, &Request)> = reqs
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (i as u64, r))
+            .collect();
+        let prefixes = (pass != "no prefix cache").then_some(&mut cache);
+        for r in p.batch_join_many(&mut batch, &joining, prefixes) {
+            r?;
+        }
+        assert_eq!(batch.len(), 4);
+        let mut got = HashMap::new();
+        for _ in 0..100 {
+            if batch.is_empty() {
+                break;
+            }
+            for e in p.batch_step(&mut batch)? {
+                if let RowEvent::Done { id, generation } = e {
+                    got.insert(id, generation.sequences[0].generated_ids.clone());
+                }
+            }
+        }
+        for (i, want) in alone.iter().enumerate() {
+            assert_eq!(
+                got.get(&(i as u64)),
+                Some(want),
+                "{backend} {fx} {pass}: request {i}"
+            );
+        }
+    }
+    assert_eq!((cache.misses, cache.hits), (3, 3), "{fx}");
+    Ok(())
+}
+
 golden!([tiny_mpt = "tiny-mpt", tiny_neox = "tiny-neox", tiny_llama = "tiny-llama",
      tiny_mosaic = "tiny-mosaic"]
     a_request_gives_the_same_tokens_alone_or_joining_a_busy_batch,
-    a_cached_prompt_prefix_gives_the_same_tokens);
+    a_cached_prompt_prefix_gives_the_same_tokens,
+    requests_joining_together_give_the_tokens_they_give_alone);
 
 #[test]
 fn a_cancelled_row_leaves_at_the_next_step_and_beams_are_refused() -> Result<()> {
