@@ -278,6 +278,32 @@ fn pad_left(t: &ArrayD<f32>, len: usize) -> Result<ArrayD<f32>> {
         .map_err(|e| Error::Input(e.to_string()))
 }
 
+/// The rows of `parts` (each a cache `[rows, H, L, Dh]` per layer) stacked
+/// into one cache, each left-padded with zeros to `len` positions.
+fn stack_layers(parts: &[&Layers], len: usize) -> Result<Layers> {
+    let n_layers = parts.first().map_or(0, |p| p.len());
+    if let Some(bad) = parts.iter().find(|p| p.len() != n_layers) {
+        return Err(err(format!(
+            "a joining row's KV cache has {} layers, the batch's {n_layers}",
+            bad.len()
+        )));
+    }
+    let mut stacked = Vec::with_capacity(n_layers);
+    for l in 0..n_layers {
+        // 0: the keys, 1: the values
+        let cat = |which: usize| -> Result<ArrayD<f32>> {
+            let padded: Vec<ArrayD<f32>> = parts
+                .iter()
+                .map(|p| pad_left(if which == 0 { &p[l].0 } else { &p[l].1 }, len))
+                .collect::<Result<_>>()?;
+            let views: Vec<_> = padded.iter().map(|t| t.view()).collect();
+            concatenate(Axis(0), &views).map_err(err)
+        };
+        stacked.push((cat(0)?, cat(1)?));
+    }
+    Ok(stacked)
+}
+
 fn err(e: impl std::fmt::Display) -> Error {
     Error::Input(e.to_string())
 }
@@ -470,23 +496,8 @@ impl Pipeline {
         let mut cache = if b == 1 {
             KvCache::new(first.past.clone())
         } else {
-            let n_layers = first.past.len();
-            let mut layers = Vec::with_capacity(n_layers);
-            for l in 0..n_layers {
-                let cat = |kv: usize| -> Result<ArrayD<f32>> {
-                    let padded: Vec<ArrayD<f32>> = rows
-                        .iter()
-                        .map(|r| {
-                            let t = r.past.get(l).ok_or_else(|| err("a prefix lacks a layer"))?;
-                            pad_left(if kv == 0 { &t.0 } else { &t.1 }, past)
-                        })
-                        .collect::<Result<_>>()?;
-                    let views: Vec<_> = padded.iter().map(|t| t.view()).collect();
-                    concatenate(Axis(0), &views).map_err(err)
-                };
-                layers.push((cat(0)?, cat(1)?));
-            }
-            KvCache::new(layers)
+            let pasts: Vec<&Layers> = rows.iter().map(|r| &r.past).collect();
+            KvCache::new(stack_layers(&pasts, past)?)
         };
         let kvs: Vec<&MediaKv> = rows.iter().map(|r| &r.kv).collect();
         let kv = if b == 1 {
@@ -545,26 +556,8 @@ impl Pipeline {
         batch.mask = concatenate(Axis(0), &views).map_err(err)?;
         let views: Vec<_> = logits.iter().map(|l| l.view()).collect();
         batch.logits = concatenate(Axis(0), &views).map_err(err)?;
-        let n_layers = parts.first().map_or(0, |p| p.len());
-        if let Some(bad) = parts.iter().find(|p| p.len() != n_layers) {
-            return Err(err(format!(
-                "a joining row's KV cache has {} layers, the batch's {n_layers}",
-                bad.len()
-            )));
-        }
-        let mut merged = Vec::with_capacity(n_layers);
-        for l in 0..n_layers {
-            let cat = |kv: usize| -> Result<ArrayD<f32>> {
-                let padded: Vec<ArrayD<f32>> = parts
-                    .iter()
-                    .map(|p| pad_left(if kv == 0 { &p[l].0 } else { &p[l].1 }, len))
-                    .collect::<Result<_>>()?;
-                let views: Vec<_> = padded.iter().map(|t| t.view()).collect();
-                concatenate(Axis(0), &views).map_err(err)
-            };
-            merged.push((cat(0)?, cat(1)?));
-        }
-        batch.cache = KvCache::new(merged);
+        let parts: Vec<&Layers> = parts.iter().collect();
+        batch.cache = KvCache::new(stack_layers(&parts, len)?);
         batch.kv = None;
         Ok(())
     }
