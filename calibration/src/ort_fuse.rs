@@ -245,6 +245,37 @@ pub fn fuse_decoder(g: &Graph) -> (Graph, Fused) {
     fuse_decoder_with(g, true)
 }
 
+/// The `fp32-ort` precision (`flamingo convert --precision fp32-ort`):
+/// the fp32 export's decoder with ONNX Runtime's fused kernels
+/// ([`fuse_decoder_with`]), its other graphs as they are. Written to `out`
+/// as [`crate::convert::convert_fp32`] writes (temp path, renamed); returns
+/// the manifest and what was fused.
+pub fn fuse_export(
+    input: &std::path::Path,
+    out: &std::path::Path,
+    force: bool,
+    in_place_kv: bool,
+    progress: &mut dyn flamingo_export::Progress,
+) -> flamingo_export::Result<(flamingo_contract::Manifest, Fused)> {
+    let fused = std::cell::Cell::new(Fused::default());
+    let m = crate::convert::convert_fp32(
+        input,
+        out,
+        force,
+        flamingo_contract::Precision::Fp32Ort,
+        &|role, g| {
+            if role != flamingo_contract::GraphRole::Decoder {
+                return Ok(None);
+            }
+            let (g, n) = fuse_decoder_with(g, in_place_kv);
+            fused.set(n);
+            Ok(Some(g))
+        },
+        progress,
+    )?;
+    Ok((m, fused.get()))
+}
+
 /// [`fuse_decoder`]; with `in_place_kv` false, self-attention becomes
 /// `MultiHeadAttention` over the concatenated cache instead of
 /// `GroupQueryAttention` (for the CUDA provider, which has no float32

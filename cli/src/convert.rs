@@ -7,9 +7,19 @@ use anyhow::{bail, Result};
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Target precision: fp16 (float16 with float32 islands)
+    /// Target precision: fp16 (float16 with float32 islands), or fp32-ort
+    /// (float32 with ONNX Runtime's fused kernels in the decoder:
+    /// GroupQueryAttention updating the KV cache in place, MultiHeadAttention
+    /// over the media K/V, Gelu, SkipLayerNormalization; ONNX Runtime only,
+    /// the fastest fp32 decode and serving on its CPU provider)
     #[arg(long)]
     precision: String,
+    /// fp32-ort: self-attention over a concatenated KV cache
+    /// (MultiHeadAttention) instead of GroupQueryAttention updating it in
+    /// place; for the CUDA provider, which has no float32
+    /// GroupQueryAttention
+    #[arg(long)]
+    plain_kv_cache: bool,
     /// The fp32 export to convert
     input: PathBuf,
     /// Output directory
@@ -22,8 +32,11 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> Result<()> {
-    if a.precision != "fp16" {
-        bail!("unknown --precision {} (fp16)", a.precision);
+    match a.precision.as_str() {
+        "fp16" if a.plain_kv_cache => bail!("--plain-kv-cache is for --precision fp32-ort"),
+        "fp16" => {}
+        "fp32-ort" => return fuse(a),
+        other => bail!("unknown --precision {other} (fp16 or fp32-ort)"),
     }
     rewrite_export(
         &a.input,
@@ -34,6 +47,34 @@ pub fn run(a: Args) -> Result<()> {
         "converted",
         &|_, g| flamingo_calibration::fp16::to_fp16(g).map(Some),
     )
+}
+
+/// `--precision fp32-ort`: the decoder fused for ONNX Runtime.
+fn fuse(a: Args) -> Result<()> {
+    let mut bars = crate::progress::Bars::new(!a.json && std::io::stderr().is_terminal());
+    let (m, n) = flamingo_calibration::ort_fuse::fuse_export(
+        &a.input,
+        &a.out,
+        a.force,
+        !a.plain_kv_cache,
+        &mut bars,
+    )?;
+    report(&a.input, &a.out, a.json, "converted", &m);
+    if !a.json {
+        let kv = match m
+            .graphs
+            .get(&flamingo_contract::GraphRole::Decoder)
+            .and_then(|g| g.kv_update)
+        {
+            Some(flamingo_contract::KvUpdate::InPlace) => "updated in place",
+            None => "concatenated",
+        };
+        println!(
+            "decoder: {} self-attention (KV cache {kv}), {} cross-attention, {} GELU, {} skip-LayerNorm fused",
+            n.self_attention, n.cross_attention, n.gelu, n.skip_layer_norm
+        );
+    }
+    Ok(())
 }
 
 /// Rewrites the fp32 export `input` into `out` (`convert`), with

@@ -147,6 +147,110 @@ fn generate_and_score_json_match_the_reference_on_both_backends() {
     }
 }
 
+/// `convert --precision fp32-ort`: the decoder fused for ONNX Runtime
+/// (its KV cache updated in place where self-attention fuses) gives the
+/// reference's greedy ids on ort-cpu; tract, a second rewrite and unknown
+/// settings are refused with a message.
+#[test]
+fn convert_fp32_ort_matches_the_reference_and_is_refused_where_it_cannot_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    // ALiBi decoders fuse their self-attention (in place); rotary ones keep it
+    for (fx, in_place) in [
+        ("tiny-mpt", true),
+        ("tiny-mosaic", true),
+        ("tiny-llama", false),
+    ] {
+        let src = tmp.path().join(fx);
+        export(fx, &src);
+        let fused = tmp.path().join(format!("{fx}-fp32-ort"));
+        let (src_s, fused_s) = (src.display().to_string(), fused.display().to_string());
+        let (ok, out, err) = flamingo(&[
+            "convert",
+            "--precision",
+            "fp32-ort",
+            &src_s,
+            &fused_s,
+            "--json",
+        ]);
+        assert!(ok, "{fx}: {err}");
+        let m: Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(m["precision"], "fp32-ort");
+        let dec = &m["graphs"]["decoder"];
+        assert_eq!(dec["requires"], "onnxruntime", "{fx}");
+        assert_eq!(dec["kv_update"] == "in-place", in_place, "{fx}: {dec}");
+        assert!(m["graphs"]["vision_encoder"].get("requires").is_none());
+        let cases: Value =
+            serde_json::from_str(&std::fs::read_to_string(fixture(fx).join("cases.json")).unwrap())
+                .unwrap();
+        let c = &cases["cases"][0];
+        let img = fixture(fx).join(format!("images/img{}.png", c["images"][0]));
+        let img = img.display().to_string();
+        let prompt = c["prompt"].as_str().unwrap();
+        let n = c["greedy"]["max_new_tokens"].to_string();
+        let generate = |backend: &str| {
+            flamingo(&[
+                "generate",
+                "--model",
+                &fused_s,
+                "--prompt",
+                prompt,
+                "--image",
+                &img,
+                "--max-new-tokens",
+                &n,
+                "--backend",
+                backend,
+                "--json",
+            ])
+        };
+        let (ok, out, err) = generate("ort-cpu");
+        assert!(ok, "{fx}: {err}");
+        let g = &lines(&out)[0];
+        let full = c["greedy"]["output_ids"].as_array().unwrap();
+        let prompt_len = c["input_ids"].as_array().unwrap().len();
+        let got = g["generated_ids"].as_array().unwrap();
+        assert_eq!(got[..], full[prompt_len..prompt_len + got.len()], "{fx}");
+        assert!(!got.is_empty());
+        let (ok, _, err) = generate("tract");
+        assert!(!ok && err.contains("ort-cpu"), "{fx}: {err}");
+        // rewrites do not compose
+        let again = tmp.path().join(format!("{fx}-again")).display().to_string();
+        let (ok, _, err) = flamingo(&["convert", "--precision", "fp16", &fused_s, &again]);
+        assert!(!ok && err.contains("fp32"), "{fx}: {err}");
+        assert!(!std::path::Path::new(&again).exists());
+    }
+    let src = tmp.path().join("tiny-mpt").display().to_string();
+    let plain = tmp.path().join("plain").display().to_string();
+    let (ok, out, err) = flamingo(&[
+        "convert",
+        "--precision",
+        "fp32-ort",
+        "--plain-kv-cache",
+        &src,
+        &plain,
+        "--json",
+    ]);
+    assert!(ok, "{err}");
+    let m: Value = serde_json::from_str(&out).unwrap();
+    assert!(m["graphs"]["decoder"].get("kv_update").is_none(), "{m}");
+    let bad = tmp.path().join("bad").display().to_string();
+    for args in [
+        vec!["convert", "--precision", "fp64", &src, &bad],
+        vec![
+            "convert",
+            "--precision",
+            "fp16",
+            "--plain-kv-cache",
+            &src,
+            &bad,
+        ],
+    ] {
+        let (ok, _, err) = flamingo(&args);
+        assert!(!ok && err.contains("precision"), "{args:?}: {err}");
+        assert!(!std::path::Path::new(&bad).exists());
+    }
+}
+
 #[test]
 fn malformed_batch_lines_fail_alone_and_the_rest_complete() {
     let tmp = tempfile::tempdir().unwrap();

@@ -63,6 +63,12 @@ pub enum Precision {
     #[default]
     #[serde(rename = "fp32")]
     Fp32,
+    /// float32 with ONNX Runtime's fused kernels in the decoder
+    /// (`GroupQueryAttention` updating the KV cache in place,
+    /// `MultiHeadAttention` over the media K/V, `Gelu`,
+    /// `SkipLayerNormalization`): ONNX Runtime only.
+    #[serde(rename = "fp32-ort")]
+    Fp32Ort,
     /// float16 with float32 islands.
     #[serde(rename = "fp16")]
     Fp16,
@@ -94,6 +100,7 @@ impl Precision {
     pub fn as_str(self) -> &'static str {
         match self {
             Precision::Fp32 => "fp32",
+            Precision::Fp32Ort => "fp32-ort",
             Precision::Fp16 => "fp16",
             Precision::Int8Weights => "int8-weights",
             Precision::Int8WeightsOrt => "int8-weights-ort",
@@ -397,6 +404,7 @@ mod tests {
         }
         for p in [
             Precision::Fp32,
+            Precision::Fp32Ort,
             Precision::Fp16,
             Precision::Int8Weights,
             Precision::Int8WeightsOrt,

@@ -411,7 +411,49 @@ fn owned<T: ort::value::PrimitiveTensorElementType + Clone + std::fmt::Debug + '
     Ok(Tensor::from_array((shape, a.iter().cloned().collect::<Vec<T>>()))?.upcast())
 }
 
+/// Host tensors at least this large are copied into the session's arena.
+const ARENA_MIN_BYTES: usize = 1 << 20;
+
+/// [`owned`], allocated by `alloc` (the session's arena on the CPU
+/// provider: memory earlier steps freed is reused, so the KV cache a batch
+/// re-lays after rows join or leave touches no fresh pages) and copied in
+/// one go when contiguous. Tensors under [`ARENA_MIN_BYTES`] are [`owned`].
+fn arena_copy<T: ort::value::PrimitiveTensorElementType + Clone + std::fmt::Debug + 'static>(
+    alloc: &ort::memory::Allocator,
+    a: &ndarray::ArrayViewD<'_, T>,
+) -> std::result::Result<ort::value::DynTensor, ort::Error> {
+    // small tensors come from the heap, whose free pages go back to the
+    // system when the server idles; the arena keeps what it has grown to
+    if a.len() * std::mem::size_of::<T>() < ARENA_MIN_BYTES {
+        return owned(a);
+    }
+    let shape: Vec<i64> = a.shape().iter().map(|&d| d as i64).collect();
+    let mut t = Tensor::<T>::new(alloc, shape)?;
+    let (_, data) = t.try_extract_tensor_mut()?;
+    match a.as_slice() {
+        Some(src) => data.clone_from_slice(src),
+        None => data
+            .iter_mut()
+            .zip(a.iter())
+            .for_each(|(d, s)| *d = s.clone()),
+    }
+    Ok(t.upcast())
+}
+
 impl OrtCpuSession {
+    /// A tensor holding a copy of `a`: [`arena_copy`] on the CPU provider,
+    /// else a host tensor of its own (copied to the device when bound).
+    fn host_copy<T: ort::value::PrimitiveTensorElementType + Clone + std::fmt::Debug + 'static>(
+        &self,
+        a: &ndarray::ArrayViewD<'_, T>,
+    ) -> std::result::Result<ort::value::DynTensor, ort::Error> {
+        if self.device.0 == ort::memory::AllocationDevice::CPU {
+            arena_copy(self.session.allocator(), a)
+        } else {
+            owned(a)
+        }
+    }
+
     fn output_names(&self) -> Vec<String> {
         self.session
             .outputs()
@@ -434,8 +476,12 @@ impl OrtCpuSession {
         let mut binding = self.session.create_binding().map_err(e)?;
         for (name, i) in &inputs {
             match i {
-                Input::Host(ValueRef::F32(a)) => binding.bind_input(*name, &owned(a).map_err(e)?),
-                Input::Host(ValueRef::I64(a)) => binding.bind_input(*name, &owned(a).map_err(e)?),
+                Input::Host(ValueRef::F32(a)) => {
+                    binding.bind_input(*name, &self.host_copy(a).map_err(e)?)
+                }
+                Input::Host(ValueRef::I64(a)) => {
+                    binding.bind_input(*name, &self.host_copy(a).map_err(e)?)
+                }
                 Input::Resident(r) => {
                     let value = resident(name, r)?.lock()?;
                     binding.bind_input(*name, &*value)
@@ -564,8 +610,8 @@ impl Session for OrtCpuSession {
     fn upload(&self, v: &Value) -> Result<crate::backend::Resident> {
         let e = |e: ort::Error| err("ort", e);
         let value = match v {
-            Value::F32(a) => owned(&a.view()),
-            Value::I64(a) => owned(&a.view()),
+            Value::F32(a) => self.host_copy(&a.view()),
+            Value::I64(a) => self.host_copy(&a.view()),
         }
         .map_err(e)?;
         let (dev, id) = &self.device;

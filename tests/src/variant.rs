@@ -77,6 +77,15 @@ pub fn fp16(fx: &str) -> Result<PathBuf> {
     })
 }
 
+/// The fixture as `flamingo convert --precision fp32-ort` writes it
+/// (`flamingo_calibration::ort_fuse::fuse_export`): the decoder fused for
+/// ONNX Runtime, its KV cache updated in place where self-attention fuses.
+pub fn fp32_ort(fx: &str) -> Result<PathBuf> {
+    converted_as(fx, "fp32-ort", Precision::Fp32Ort, &|role, g| {
+        Ok((role == GraphRole::Decoder).then(|| flamingo_calibration::ort_fuse::fuse_decoder(g).0))
+    })
+}
+
 /// The fixture's decoder quantised to `bits` (round to nearest), as
 /// `flamingo quantize` writes it.
 pub fn quantized(fx: &str, bits: WeightBits) -> Result<PathBuf> {

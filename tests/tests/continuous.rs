@@ -5,6 +5,7 @@
 //! prefixes from the prefix cache give the same tokens as prefilled ones.
 
 use std::collections::HashMap;
+use std::path::Path;
 
 use anyhow::{Context, Result};
 use flamingo_runtime::pipeline::continuous::{Batch, PrefixCache, RowEvent};
@@ -78,11 +79,12 @@ fn requests(fx: &str, sampled: bool) -> Result<Vec<Request>> {
     Ok(reqs)
 }
 
-fn a_request_gives_the_same_tokens_alone_or_joining_a_busy_batch(
+fn a_request_gives_the_same_tokens_alone_or_joining_a_busy_batch_on(
+    dir: &Path,
     fx: &str,
     backend: BackendKind,
 ) -> Result<()> {
-    let mut p = Pipeline::load(&exported(fx)?, backend)?;
+    let mut p = Pipeline::load(dir, backend)?;
     for sampled in [false, true] {
         let reqs = requests(fx, sampled)?;
         let alone: Vec<Vec<u32>> = reqs
@@ -114,8 +116,12 @@ fn a_request_gives_the_same_tokens_alone_or_joining_a_busy_batch(
     Ok(())
 }
 
-fn a_cached_prompt_prefix_gives_the_same_tokens(fx: &str, backend: BackendKind) -> Result<()> {
-    let mut p = Pipeline::load(&exported(fx)?, backend)?;
+fn a_cached_prompt_prefix_gives_the_same_tokens_on(
+    dir: &Path,
+    fx: &str,
+    backend: BackendKind,
+) -> Result<()> {
+    let mut p = Pipeline::load(dir, backend)?;
     // few-shot prompts: their prefixes end at an <|endofchunk|>
     let reqs: Vec<Request> = held_out_requests(fx)?
         .into_iter()
@@ -158,11 +164,12 @@ fn a_cached_prompt_prefix_gives_the_same_tokens(fx: &str, backend: BackendKind) 
 /// cached prefix) have one length in one decoder call over their prefixes
 /// stacked, left-padded. Each gets the tokens it gets alone: with the
 /// prefix cache filling, then hit, and without it.
-fn requests_joining_together_give_the_tokens_they_give_alone(
+fn requests_joining_together_give_the_tokens_they_give_alone_on(
+    dir: &Path,
     fx: &str,
     backend: BackendKind,
 ) -> Result<()> {
-    let mut p = Pipeline::load(&exported(fx)?, backend)?;
+    let mut p = Pipeline::load(dir, backend)?;
     let held = held_out_requests(fx)?;
     let three_shot = held[4].clone();
     assert_eq!(three_shot.media.len(), 3);
@@ -216,6 +223,52 @@ fn requests_joining_together_give_the_tokens_they_give_alone(
         }
     }
     assert_eq!((cache.misses, cache.hits), (3, 3), "{fx}");
+    Ok(())
+}
+
+fn a_request_gives_the_same_tokens_alone_or_joining_a_busy_batch(
+    fx: &str,
+    backend: BackendKind,
+) -> Result<()> {
+    a_request_gives_the_same_tokens_alone_or_joining_a_busy_batch_on(&exported(fx)?, fx, backend)
+}
+
+fn a_cached_prompt_prefix_gives_the_same_tokens(fx: &str, backend: BackendKind) -> Result<()> {
+    a_cached_prompt_prefix_gives_the_same_tokens_on(&exported(fx)?, fx, backend)
+}
+
+fn requests_joining_together_give_the_tokens_they_give_alone(
+    fx: &str,
+    backend: BackendKind,
+) -> Result<()> {
+    requests_joining_together_give_the_tokens_they_give_alone_on(&exported(fx)?, fx, backend)
+}
+
+/// The same on decoders whose KV cache is updated in place (`convert
+/// --precision fp32-ort`: ONNX Runtime's `GroupQueryAttention`), where rows
+/// joining or leaving re-lay the buffers and joins prefill one by one.
+#[test]
+fn in_place_kv_decoders_batch_continuously() -> Result<()> {
+    for fx in ["tiny-mpt", "tiny-mosaic"] {
+        let dir = flamingo_tests::variant::fp32_ort(fx)?;
+        let m = flamingo_contract::Manifest::load(&dir)?;
+        assert_eq!(
+            m.graph(flamingo_contract::GraphRole::Decoder)?.kv_update,
+            Some(flamingo_contract::KvUpdate::InPlace),
+            "{fx}"
+        );
+        a_request_gives_the_same_tokens_alone_or_joining_a_busy_batch_on(
+            &dir,
+            fx,
+            BackendKind::OrtCpu,
+        )?;
+        a_cached_prompt_prefix_gives_the_same_tokens_on(&dir, fx, BackendKind::OrtCpu)?;
+        requests_joining_together_give_the_tokens_they_give_alone_on(
+            &dir,
+            fx,
+            BackendKind::OrtCpu,
+        )?;
+    }
     Ok(())
 }
 
