@@ -900,34 +900,61 @@ fn stack_media(rows: &[&MediaKv]) -> Result<MediaKv> {
     let first = rows
         .first()
         .ok_or_else(|| Error::Input("empty batch".into()))?;
-    let mut tensors = Vec::new();
+    let mut tensors = Vec::with_capacity(first.tensors.len());
     for (ti, (name, _)) in first.tensors.iter().enumerate() {
-        let max_len = rows
+        let parts: Vec<_> = rows
             .iter()
-            .map(|r| r.tensors[ti].1.shape()[2])
-            .max()
-            .unwrap_or(0);
-        let mut parts = Vec::new();
-        for r in rows {
-            let t = &r.tensors[ti].1;
-            let mut shape = t.shape().to_vec();
-            let have = shape[2];
-            let padded = if have < max_len {
-                shape[2] = max_len - have;
-                concatenate(Axis(2), &[t.view(), ArrayD::zeros(IxDyn(&shape)).view()])
-                    .map_err(|e| Error::Input(e.to_string()))?
-            } else {
-                t.clone()
-            };
-            parts.push(padded);
-        }
-        let views: Vec<_> = parts.iter().map(|p| p.view()).collect();
-        tensors.push((
-            name.clone(),
-            concatenate(Axis(0), &views).map_err(|e| Error::Input(e.to_string()))?,
-        ));
+            .map(|r| {
+                r.tensors
+                    .get(ti)
+                    .map(|t| t.1.view())
+                    .ok_or_else(|| Error::Input(format!("a row has no media K/V {name}")))
+            })
+            .collect::<Result<_>>()?;
+        let len = parts.iter().map(|t| t.shape()[2]).max().unwrap_or(0);
+        tensors.push((name.clone(), stack_padded(&parts, len, false)?));
     }
     Ok(MediaKv::new(tensors))
+}
+
+/// `parts` (each `[b_i, A, L_i, C]`) stacked along axis 0 into one
+/// `[Σ b_i, A, len, C]`, each zero-padded along axis 2 to `len` positions on
+/// the left (`left`: its last position lands on the last) or the right.
+/// One copy of the data.
+pub(crate) fn stack_padded(
+    parts: &[ndarray::ArrayViewD<'_, f32>],
+    len: usize,
+    left: bool,
+) -> Result<ArrayD<f32>> {
+    let bad = |m: String| Error::Input(format!("cannot stack the batch's rows: {m}"));
+    let first = parts.first().ok_or_else(|| bad("no rows".into()))?;
+    if first.ndim() != 4 {
+        return Err(bad(format!(
+            "a {}-d tensor, not [b, A, L, C]",
+            first.ndim()
+        )));
+    }
+    let (a, c) = (first.shape()[1], first.shape()[3]);
+    let mut rows = 0;
+    for p in parts {
+        let sh = p.shape();
+        if sh.len() != 4 || sh[1] != a || sh[3] != c || sh[2] > len {
+            return Err(bad(format!(
+                "a part of shape {sh:?} does not fit [_, {a}, <= {len}, {c}]"
+            )));
+        }
+        rows += sh[0];
+    }
+    let mut out = ArrayD::<f32>::zeros(IxDyn(&[rows, a, len, c]));
+    let mut r0 = 0;
+    for p in parts {
+        let (b, have) = (p.shape()[0], p.shape()[2]);
+        let cols = if left { len - have..len } else { 0..have };
+        out.slice_mut(ndarray::s![r0..r0 + b, .., cols, ..])
+            .assign(p);
+        r0 += b;
+    }
+    Ok(out)
 }
 
 /// Resolves a media path relative to `base` (batch files resolve against their directory).

@@ -12,7 +12,7 @@
 
 use std::collections::VecDeque;
 
-use ndarray::{concatenate, s, Array2, ArrayD, Axis, IxDyn};
+use ndarray::{concatenate, s, Array2, ArrayD, Axis};
 use sha2::{Digest, Sha256};
 
 use super::{stack_media, Generation, Padded, Pipeline, Request};
@@ -266,42 +266,51 @@ fn host_layers(cache: &mut KvCache) -> Result<Layers> {
     Ok(cache.host_layers().unwrap_or(&[]).to_vec())
 }
 
-/// `t` `[b, H, L, Dh]` left-padded with zeros to `len` positions.
-fn pad_left(t: &ArrayD<f32>, len: usize) -> Result<ArrayD<f32>> {
-    let have = t.shape()[2];
-    if have >= len {
-        return Ok(t.clone());
-    }
-    let mut shape = t.shape().to_vec();
-    shape[2] = len - have;
-    concatenate(Axis(2), &[ArrayD::zeros(IxDyn(&shape)).view(), t.view()])
-        .map_err(|e| Error::Input(e.to_string()))
-}
-
 /// The rows of `parts` (each a cache `[rows, H, L, Dh]` per layer) stacked
 /// into one cache, each left-padded with zeros to `len` positions.
 fn stack_layers(parts: &[&Layers], len: usize) -> Result<Layers> {
-    let n_layers = parts.first().map_or(0, |p| p.len());
-    if let Some(bad) = parts.iter().find(|p| p.len() != n_layers) {
+    let rows: Vec<(&Layers, std::ops::Range<usize>)> = parts
+        .iter()
+        .map(|p| (*p, 0..p.first().map_or(0, |l| l.0.shape()[0])))
+        .collect();
+    gather_layers(&rows, len)
+}
+
+/// The cache of the rows `rows` names (`(cache, its rows)`, in order),
+/// right-aligned into `len` positions: shorter ones left-padded with zeros,
+/// longer ones losing their first positions (which no row attends). One
+/// copy of what stays.
+fn gather_layers(rows: &[(&Layers, std::ops::Range<usize>)], len: usize) -> Result<Layers> {
+    let n_layers = rows.first().map_or(0, |p| p.0.len());
+    if let Some(bad) = rows.iter().find(|p| p.0.len() != n_layers) {
         return Err(err(format!(
             "a joining row's KV cache has {} layers, the batch's {n_layers}",
-            bad.len()
+            bad.0.len()
         )));
     }
-    let mut stacked = Vec::with_capacity(n_layers);
+    let mut out = Vec::with_capacity(n_layers);
     for l in 0..n_layers {
         // 0: the keys, 1: the values
-        let cat = |which: usize| -> Result<ArrayD<f32>> {
-            let padded: Vec<ArrayD<f32>> = parts
+        let side = |which: usize| -> Result<ArrayD<f32>> {
+            let views: Vec<_> = rows
                 .iter()
-                .map(|p| pad_left(if which == 0 { &p[l].0 } else { &p[l].1 }, len))
+                .map(|(p, r)| {
+                    let t = if which == 0 { &p[l].0 } else { &p[l].1 };
+                    let sh = t.shape();
+                    if sh.len() != 4 || r.end > sh[0] {
+                        return Err(err(format!(
+                            "a KV cache of shape {sh:?} has no rows {r:?} of [b, H, L, Dh]"
+                        )));
+                    }
+                    Ok(t.slice(s![r.clone(), .., sh[2].saturating_sub(len).., ..])
+                        .into_dyn())
+                })
                 .collect::<Result<_>>()?;
-            let views: Vec<_> = padded.iter().map(|t| t.view()).collect();
-            concatenate(Axis(0), &views).map_err(err)
+            super::stack_padded(&views, len, true)
         };
-        stacked.push((cat(0)?, cat(1)?));
+        out.push((side(0)?, side(1)?));
     }
-    Ok(stacked)
+    Ok(out)
 }
 
 fn err(e: impl std::fmt::Display) -> Error {
@@ -521,11 +530,14 @@ impl Pipeline {
         ))
     }
 
-    /// Stacks the joining rows under the batch at once, left-padding the
-    /// shorter caches to the longest.
-    fn merge_joining(&mut self, batch: &mut Batch) -> Result<()> {
+    /// Puts the joining rows under the batch's: their rows, masks (padded
+    /// to the longest) and logits. Returns the caches of the batch's rows
+    /// in order (its own first, then each joining part's), for the caller
+    /// to stack once it knows which rows stay; none when none joined (the
+    /// batch keeps its cache).
+    fn merge_joining(&mut self, batch: &mut Batch) -> Result<Vec<Layers>> {
         if batch.joining.is_empty() {
-            return Ok(());
+            return Ok(Vec::new());
         }
         let len = batch.positions();
         let joining = std::mem::take(&mut batch.joining);
@@ -556,10 +568,8 @@ impl Pipeline {
         batch.mask = concatenate(Axis(0), &views).map_err(err)?;
         let views: Vec<_> = logits.iter().map(|l| l.view()).collect();
         batch.logits = concatenate(Axis(0), &views).map_err(err)?;
-        let parts: Vec<&Layers> = parts.iter().collect();
-        batch.cache = KvCache::new(stack_layers(&parts, len)?);
         batch.kv = None;
-        Ok(())
+        Ok(parts)
     }
 
     /// One step of the batch: [`Self::batch_pick`], then
@@ -578,7 +588,7 @@ impl Pipeline {
     /// decoder step has not run yet runs it first.
     pub fn batch_pick(&mut self, batch: &mut Batch) -> Result<Vec<RowEvent>> {
         self.batch_advance(batch)?;
-        self.merge_joining(batch)?;
+        let mut parts = self.merge_joining(batch)?;
         let mut events = Vec::new();
         let mut next = Vec::with_capacity(batch.rows.len());
         let mut keep = Vec::with_capacity(batch.rows.len());
@@ -637,29 +647,41 @@ impl Pipeline {
             *batch = Batch::default();
             return Ok(events);
         }
-        if stay.len() < keep.len() {
+        if !parts.is_empty() || stay.len() < keep.len() {
+            // the rows that stay, stacked from where they are in one copy,
+            // without the columns none of them attends
             batch.kv = None;
-            batch.mask = batch.mask.select(Axis(0), &stay);
-            batch.cache.to_host()?;
-            let mut layers = std::mem::take(&mut batch.cache)
-                .into_host_layers()
-                .unwrap_or_default();
-            for (k, v) in &mut layers {
-                *k = k.select(Axis(0), &stay);
-                *v = v.select(Axis(0), &stay);
+            if parts.is_empty() {
+                batch.cache.to_host()?;
+                parts.push(
+                    std::mem::take(&mut batch.cache)
+                        .into_host_layers()
+                        .unwrap_or_default(),
+                );
             }
-            // columns no remaining row attends
-            let first = (0..batch.mask.ncols())
-                .find(|&c| batch.mask.column(c).iter().any(|&m| m != 0))
+            let mask = batch.mask.select(Axis(0), &stay);
+            let first = (0..mask.ncols())
+                .find(|&c| mask.column(c).iter().any(|&m| m != 0))
                 .unwrap_or(0);
-            if first > 0 {
-                batch.mask = batch.mask.slice(s![.., first..]).to_owned();
-                for (k, v) in &mut layers {
-                    *k = k.slice_axis(Axis(2), (first..).into()).to_owned();
-                    *v = v.slice_axis(Axis(2), (first..).into()).to_owned();
-                }
+            batch.mask = mask.slice(s![.., first..]).to_owned();
+            // batch row i: part p's row i - (the rows of the parts before p)
+            let mut at = Vec::with_capacity(keep.len());
+            for (p, layers) in parts.iter().enumerate() {
+                let n = layers.first().map_or(0, |l| l.0.shape()[0]);
+                at.extend((0..n).map(|j| (p, j)));
             }
-            batch.cache = KvCache::new(layers);
+            if at.len() != keep.len() {
+                return Err(err(format!(
+                    "the batch's KV cache holds {} rows, not {}",
+                    at.len(),
+                    keep.len()
+                )));
+            }
+            let rows: Vec<(&Layers, std::ops::Range<usize>)> = stay
+                .iter()
+                .map(|&i| (&parts[at[i].0], at[i].1..at[i].1 + 1))
+                .collect();
+            batch.cache = KvCache::new(gather_layers(&rows, batch.mask.ncols())?);
         }
         batch.next = Some(stay.iter().map(|&i| next[i]).collect());
         Ok(events)
@@ -696,5 +718,55 @@ impl Pipeline {
         let vocab = logits.shape()[2];
         batch.logits = logits.into_shape_with_order((b, vocab)).map_err(err)?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `[b, 1, l, 1]` holding `base + 10 * row + position`.
+    fn cache(b: usize, l: usize, base: f32) -> ArrayD<f32> {
+        ArrayD::from_shape_fn(ndarray::IxDyn(&[b, 1, l, 1]), |ix| {
+            base + 10.0 * ix[0] as f32 + ix[2] as f32
+        })
+    }
+
+    #[test]
+    fn rows_are_gathered_right_aligned_in_one_cache() {
+        // a batch of two rows over 3 positions and a joining row over 1
+        let batch: Layers = vec![(cache(2, 3, 0.0), cache(2, 3, 100.0))];
+        let joining: Layers = vec![(cache(1, 1, 50.0), cache(1, 1, 150.0))];
+        // row 1 of the batch and the joining row stay, in 2 positions
+        let got = gather_layers(&[(&batch, 1..2), (&joining, 0..1)], 2).unwrap();
+        let k: Vec<f32> = got[0].0.iter().copied().collect();
+        let v: Vec<f32> = got[0].1.iter().copied().collect();
+        assert_eq!(got[0].0.shape(), &[2, 1, 2, 1]);
+        // the batch row loses its first position; the joining one is padded
+        assert_eq!(k, [11.0, 12.0, 0.0, 50.0]);
+        assert_eq!(v, [111.0, 112.0, 0.0, 150.0]);
+        // all of both, padded to the longest
+        let got = stack_layers(&[&batch, &joining], 3).unwrap();
+        let k: Vec<f32> = got[0].0.iter().copied().collect();
+        assert_eq!(k, [0.0, 1.0, 2.0, 10.0, 11.0, 12.0, 0.0, 0.0, 50.0]);
+    }
+
+    #[test]
+    fn caches_that_do_not_fit_are_an_error() {
+        let batch: Layers = vec![(cache(2, 3, 0.0), cache(2, 3, 0.0))];
+        let deeper: Layers = vec![batch[0].clone(), batch[0].clone()];
+        let e = stack_layers(&[&batch, &deeper], 3).unwrap_err().to_string();
+        assert!(e.contains("2 layers, the batch's 1"), "{e}");
+        let e = gather_layers(&[(&batch, 1..3)], 3).unwrap_err().to_string();
+        assert!(e.contains("no rows 1..3"), "{e}");
+        let flat: Layers = vec![(ArrayD::zeros(ndarray::IxDyn(&[2, 3])), cache(2, 3, 0.0))];
+        let e = stack_layers(&[&flat], 3).unwrap_err().to_string();
+        assert!(e.contains("[2, 3]"), "{e}");
+        let wide: Layers = vec![(
+            ArrayD::zeros(ndarray::IxDyn(&[1, 2, 3, 1])),
+            cache(1, 3, 0.0),
+        )];
+        let e = stack_layers(&[&batch, &wide], 3).unwrap_err().to_string();
+        assert!(e.contains("does not fit"), "{e}");
     }
 }
