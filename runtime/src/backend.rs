@@ -39,6 +39,15 @@ pub enum ValueRef<'a> {
     I64(ndarray::ArrayViewD<'a, i64>),
 }
 
+impl ValueRef<'_> {
+    pub fn shape(&self) -> &[usize] {
+        match self {
+            ValueRef::F32(a) => a.shape(),
+            ValueRef::I64(a) => a.shape(),
+        }
+    }
+}
+
 impl Value {
     pub fn view(&self) -> ValueRef<'_> {
         match self {
@@ -221,7 +230,7 @@ pub trait Session: Send {
 
     /// A resident copy of `v` that [`Self::run_io_into`] may write.
     fn buffer(&self, v: &Value) -> Result<Resident> {
-        self.upload(v)
+        self.upload(v.view())
     }
 
     /// Whether [`Self::run_io_into`] works.
@@ -230,9 +239,13 @@ pub trait Session: Send {
     }
 
     /// Hands a host value to the backend once (e.g. the media K/V, read by
-    /// every decode step).
-    fn upload(&self, v: &Value) -> Result<Resident> {
-        Ok(Resident(std::sync::Arc::new(v.clone())))
+    /// every decode step): one copy.
+    fn upload(&self, v: ValueRef<'_>) -> Result<Resident> {
+        let owned = match v {
+            ValueRef::F32(a) => Value::F32(a.to_owned()),
+            ValueRef::I64(a) => Value::I64(a.to_owned()),
+        };
+        Ok(Resident(std::sync::Arc::new(owned)))
     }
 
     /// Whether [`Self::run_io`] keeps values in the backend's own memory

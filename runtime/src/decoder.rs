@@ -220,7 +220,6 @@ impl Model {
             .collect()
     }
 
-    /// An empty cache for `batch` rows.
     /// Whether one decoder call takes several new tokens for several rows
     /// over a non-empty cache (ONNX Runtime's `GroupQueryAttention`, the
     /// in-place cache update, takes them one row at a time).
@@ -232,6 +231,7 @@ impl Model {
             != Some(KvUpdate::InPlace)
     }
 
+    /// An empty cache for `batch` rows.
     pub fn empty_cache(&self, batch: usize) -> KvCache {
         let d = &self.manifest.model.decoder;
         let z = || ArrayD::<f32>::zeros(IxDyn(&[batch, d.kv_heads, 0, d.head_dim]));
@@ -293,7 +293,7 @@ impl Model {
         if bind && media.resident.get().is_none() {
             let mut up = Vec::with_capacity(media.tensors.len());
             for (_, t) in &media.tensors {
-                up.push(self.upload(GraphRole::Decoder, &Value::F32(t.clone()))?);
+                up.push(self.upload(GraphRole::Decoder, ValueRef::F32(t.view()))?);
             }
             let _ = media.resident.set(up);
         }

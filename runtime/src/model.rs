@@ -312,7 +312,7 @@ impl Model {
     pub(crate) fn upload(
         &mut self,
         role: GraphRole,
-        v: &Value,
+        v: crate::backend::ValueRef<'_>,
     ) -> Result<crate::backend::Resident> {
         self.session(role)?.upload(v)
     }

@@ -607,11 +607,11 @@ impl Session for OrtCpuSession {
         self.device.0 == ort::memory::AllocationDevice::CPU
     }
 
-    fn upload(&self, v: &Value) -> Result<crate::backend::Resident> {
+    fn upload(&self, v: ValueRef<'_>) -> Result<crate::backend::Resident> {
         let e = |e: ort::Error| err("ort", e);
-        let value = match v {
-            Value::F32(a) => self.host_copy(&a.view()),
-            Value::I64(a) => self.host_copy(&a.view()),
+        let value = match &v {
+            ValueRef::F32(a) => self.host_copy(a),
+            ValueRef::I64(a) => self.host_copy(a),
         }
         .map_err(e)?;
         let (dev, id) = &self.device;
@@ -633,10 +633,10 @@ impl Session for OrtCpuSession {
     fn buffer(&self, v: &Value) -> Result<crate::backend::Resident> {
         let e = |e: ort::Error| err("ort", e);
         let Value::F32(a) = v else {
-            return self.upload(v);
+            return self.upload(v.view());
         };
         if !self.updates_in_place() {
-            return self.upload(v);
+            return self.upload(v.view());
         }
         let shape: Vec<i64> = a.shape().iter().map(|&d| d as i64).collect();
         let mut t = Tensor::<f32>::new(self.session.allocator(), shape).map_err(e)?;

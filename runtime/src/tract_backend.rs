@@ -188,10 +188,10 @@ impl Session for TractSession {
         Ok((host_out, kept))
     }
 
-    fn upload(&self, v: &Value) -> Result<crate::backend::Resident> {
+    fn upload(&self, v: ValueRef<'_>) -> Result<crate::backend::Resident> {
         Ok(crate::backend::Resident(Arc::new(TractResident {
-            value: tensor(v.view()),
             shape: v.shape().to_vec(),
+            value: tensor(v),
         })))
     }
 

@@ -179,13 +179,23 @@ fn requests_joining_together_give_the_tokens_they_give_alone_on(
     let cut = two_shot.prompt.find("<|endofchunk|>").context("a chunk")? + "<|endofchunk|>".len();
     two_shot.prompt = two_shot.prompt[cut..].to_string();
     two_shot.media.remove(0);
-    let reqs: Vec<Request> = [three_shot, two_shot, held[0].clone(), held[1].clone()]
-        .into_iter()
-        .map(|mut r| {
-            r.options.max_new_tokens = 6;
-            r
-        })
-        .collect();
+    // the same supports and another query image: a rest of the same length
+    // over the same prefix, found in the cache from the first pass on
+    let mut other_query = three_shot.clone();
+    other_query.media[2] = held[0].media[0].clone();
+    let reqs: Vec<Request> = [
+        three_shot,
+        two_shot,
+        held[0].clone(),
+        held[1].clone(),
+        other_query,
+    ]
+    .into_iter()
+    .map(|mut r| {
+        r.options.max_new_tokens = 6;
+        r
+    })
+    .collect();
     let alone: Vec<Vec<u32>> = reqs
         .iter()
         .map(|r| Ok(p.generate(r)?.sequences[0].generated_ids.clone()))
@@ -202,7 +212,7 @@ fn requests_joining_together_give_the_tokens_they_give_alone_on(
         for r in p.batch_join_many(&mut batch, &joining, prefixes) {
             r?;
         }
-        assert_eq!(batch.len(), 4);
+        assert_eq!(batch.len(), 5);
         let mut got = HashMap::new();
         for _ in 0..100 {
             if batch.is_empty() {
@@ -222,7 +232,8 @@ fn requests_joining_together_give_the_tokens_they_give_alone_on(
             );
         }
     }
-    assert_eq!((cache.misses, cache.hits), (3, 3), "{fx}");
+    // the other query finds its supports' prefix from the first pass on
+    assert_eq!((cache.misses, cache.hits), (3, 5), "{fx}");
     Ok(())
 }
 
