@@ -414,10 +414,8 @@ fn owned<T: ort::value::PrimitiveTensorElementType + Clone + std::fmt::Debug + '
 /// Host tensors at least this large are copied into the session's arena.
 const ARENA_MIN_BYTES: usize = 1 << 20;
 
-/// [`owned`], allocated by `alloc` (the session's arena on the CPU
-/// provider: memory earlier steps freed is reused, so the KV cache a batch
-/// re-lays after rows join or leave touches no fresh pages) and copied in
-/// one go when contiguous. Tensors under [`ARENA_MIN_BYTES`] are [`owned`].
+/// [`alloc_copy`] for tensors of [`ARENA_MIN_BYTES`] or more, [`owned`]
+/// for smaller ones.
 fn arena_copy<T: ort::value::PrimitiveTensorElementType + Clone + std::fmt::Debug + 'static>(
     alloc: &ort::memory::Allocator,
     a: &ndarray::ArrayViewD<'_, T>,
@@ -427,6 +425,17 @@ fn arena_copy<T: ort::value::PrimitiveTensorElementType + Clone + std::fmt::Debu
     if a.len() * std::mem::size_of::<T>() < ARENA_MIN_BYTES {
         return owned(a);
     }
+    alloc_copy(alloc, a)
+}
+
+/// A copy of `a` allocated by `alloc` (the session's arena on the CPU
+/// provider: memory earlier steps freed is reused, so the KV cache a batch
+/// re-lays after rows join or leave touches no fresh pages), in one go
+/// when contiguous.
+fn alloc_copy<T: ort::value::PrimitiveTensorElementType + Clone + std::fmt::Debug + 'static>(
+    alloc: &ort::memory::Allocator,
+    a: &ndarray::ArrayViewD<'_, T>,
+) -> std::result::Result<ort::value::DynTensor, ort::Error> {
     let shape: Vec<i64> = a.shape().iter().map(|&d| d as i64).collect();
     let mut t = Tensor::<T>::new(alloc, shape)?;
     let (_, data) = t.try_extract_tensor_mut()?;
@@ -638,15 +647,9 @@ impl Session for OrtCpuSession {
         if !self.updates_in_place() {
             return self.upload(v.view());
         }
-        let shape: Vec<i64> = a.shape().iter().map(|&d| d as i64).collect();
-        let mut t = Tensor::<f32>::new(self.session.allocator(), shape).map_err(e)?;
-        let (_, data) = t.extract_tensor_mut();
-        match a.as_slice() {
-            Some(src) => data.copy_from_slice(src),
-            None => data.iter_mut().zip(a.iter()).for_each(|(d, s)| *d = *s),
-        }
+        let t = alloc_copy(self.session.allocator(), &a.view()).map_err(e)?;
         Ok(crate::backend::Resident(std::sync::Arc::new(
-            OrtResident::new(t.upcast(), a.shape().to_vec()),
+            OrtResident::new(t, a.shape().to_vec()),
         )))
     }
 }
