@@ -52,6 +52,7 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> Result<()> {
+    flamingo_server::engine::tune_allocator();
     if let Some(d) = &a.allow_local_media {
         anyhow::ensure!(
             d.is_dir(),

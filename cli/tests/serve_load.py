@@ -1,9 +1,9 @@
 """Load on `flamingo serve` with the official `openai` client.
 
-    python serve_load.py singles|load|warm|burst BASE_URL MODEL IMAGE...
+    python serve_load.py singles|load|burst BASE_URL MODEL IMAGE...
 
 singles: every distinct request once, one at a time (streamed), their texts;
-load: 200 streamed requests from 32 threads (warm: 64; the distinct ones in turn),
+load: 200 streamed requests from 32 threads (the distinct ones in turn),
 each text or error; burst: 16 requests at once, each status and seconds.
 Prints one JSON object; every call has a timeout.
 """
@@ -62,7 +62,7 @@ def streamed(req):
 reqs = distinct()
 if mode == "singles":
     print(json.dumps({"texts": [streamed(r) for r in reqs]}))
-elif mode in ("load", "warm"):
+elif mode == "load":
     def one(i):
         try:
             return [streamed(reqs[i % len(reqs)]), None]
@@ -72,7 +72,7 @@ elif mode in ("load", "warm"):
             return [None, repr(e)]
     t0 = time.time()
     with concurrent.futures.ThreadPoolExecutor(32) as ex:
-        results = list(ex.map(one, range(200 if mode == "load" else 64)))
+        results = list(ex.map(one, range(200)))
     print(json.dumps({"results": results, "count": len(reqs), "seconds": time.time() - t0}))
 elif mode == "burst":
     def one(i):

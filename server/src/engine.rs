@@ -309,6 +309,35 @@ fn release_free_memory() {
     }
 }
 
+/// Sets glibc's allocator up for a long-running server, unless the
+/// environment tunes it (`MALLOC_*` or `GLIBC_TUNABLES`): two heap arenas,
+/// blocks below 32 MiB from the heap, and the free top of a heap handed
+/// back once it passes 1 MiB. By default glibc raises its trim threshold
+/// after large frees (up to 64 MiB), and [`release_free_memory`] cannot
+/// trim the top of the arenas other threads use, so what stayed resident
+/// after the same load varied by up to 15% with the peak the load's
+/// interleaving reached, though the memory in use did not change. (Mapping
+/// blocks of 1 MiB or more on their own instead cost 17% of the
+/// throughput.) Call it before any thread starts.
+pub fn tune_allocator() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        let tuned = std::env::vars_os().any(|(k, _)| {
+            let k = k.to_string_lossy();
+            k.starts_with("MALLOC_") || k == "GLIBC_TUNABLES"
+        });
+        if !tuned {
+            // SAFETY: mallopt only sets allocator parameters; called before
+            // the process starts its threads.
+            unsafe {
+                libc::mallopt(libc::M_ARENA_MAX, 2);
+                libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+                libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 20);
+            }
+        }
+    }
+}
+
 fn prefixes_to_metrics(c: &PrefixCache, m: &Metrics) {
     m.prefix_cache_hits.store(c.hits, Ordering::Relaxed);
     m.prefix_cache_misses.store(c.misses, Ordering::Relaxed);
